@@ -1,0 +1,238 @@
+"""Build protocol/vectors.json from the definitions below.
+
+Run ``python tests/vector_gen.py --write`` after a deliberate change to the
+wire format; tests/test_vectors.py fails while the checked-in file differs from
+what this produces, so SPEC.md, the file and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from haochaping.protocol import auth, frame, serial
+from haochaping.protocol import messages as m
+
+KEY = bytes(range(0x40, 0x60))  # a test key; never a real terminal's
+TID = 0x0A0B0C0D
+OUT = Path(__file__).resolve().parent.parent / "protocol" / "vectors.json"
+
+VALID: list[tuple[str, m.Message, int]] = [
+    (
+        "hello",
+        m.Hello(
+            fw=(1, 2, 3), board="esp32s3", boot=7, reset_cause=1, head=120, tail=101,
+            acked=100, capacity=4096, uptime_ms=1500, flags=0,
+        ),
+        (7 << 16) | 1,
+    ),
+    ("hello-empty-board", m.Hello(fw=(0, 1, 0), board="", boot=0, head=1, tail=1), 1),
+    (
+        "rating-bad-with-reason",
+        m.Rating(seq=101, level=1, reason=3, flags=m.F_TIME_SYNCED, session=0xDEADBEEF,
+                 time=1764000000, uptime_ms=123456, boot=7),
+        (7 << 16) | 2,
+    ),
+    (
+        "rating-good-unsynced-no-case",
+        m.Rating(seq=102, level=5, flags=m.F_NO_CASE, session=0, time=0, uptime_ms=99, boot=7),
+        (7 << 16) | 3,
+    ),
+    (
+        "ratings-three",
+        m.Ratings([
+            m.Rating(seq=103, level=4, flags=1, session=11, time=1764000100, uptime_ms=200000, boot=7),
+            m.Rating(seq=104, level=2, reason=0, flags=1 | m.F_REASON_TIMEOUT, session=12,
+                     time=1764000200, uptime_ms=300000, boot=7),
+            m.Rating(seq=105, level=3, flags=1, session=13, time=1764000300, uptime_ms=400000, boot=7),
+        ]),
+        (7 << 16) | 4,
+    ),
+    (
+        "ratings-max",
+        m.Ratings([m.Rating(seq=200 + i, level=1 + i % 5, session=i, boot=8) for i in range(m.MAX_RECORDS)]),
+        (8 << 16) | 1,
+    ),
+    (
+        "status",
+        m.Status(used=19, capacity=4096, free_heap=81234, uptime_ms=3600000, last_error=0,
+                 alarms=m.A_CLOCK_UNSYNCED, ignored=2, state=1),
+        (7 << 16) | 5,
+    ),
+    ("error-up", m.Error(code=m.E_JOURNAL_FULL, ref=0, text="journal full"), (7 << 16) | 6),
+    ("time", m.Time(utc_ms=1764000000123), (3 << 16) | 1),
+    ("arm", m.Arm(session=0xDEADBEEF, timeout_s=120, digest=bytes.fromhex("9f86d081")), (3 << 16) | 2),
+    ("disarm", m.Disarm(session=0xDEADBEEF), (3 << 16) | 3),
+    ("ack", m.Ack(seq=105), (3 << 16) | 4),
+    (
+        "config",
+        m.Config([(m.C_NO_CASE_POLICY, 1), (m.C_MIN_INTERVAL_S, 30), (m.C_REASON_TIMEOUT_S, 10)]),
+        (3 << 16) | 5,
+    ),
+    ("error-down", m.ErrorDown(code=m.E_UNKNOWN_TERMINAL, ref=(7 << 16) | 1, text="未登记的终端"), (3 << 16) | 6),
+]
+
+
+def _seal(msg: m.Message, counter: int, tid: int = TID, key: bytes = KEY) -> bytes:
+    return frame.seal(auth.Key(key), msg, tid, counter)
+
+
+def _raw(body: bytes, key: bytes = KEY) -> bytes:
+    """A frame from raw header+payload bytes, tagged correctly."""
+    return body + auth.Key(key).tag(body)
+
+
+def invalid() -> list[dict]:
+    good = _seal(m.Ack(seq=5), (3 << 16) | 9)
+    rating = _seal(m.Rating(seq=1, level=5, boot=1), (1 << 16) | 5)
+    wire = serial.encode(rating)
+    flipped = bytearray(rating)
+    flipped[12] ^= 0x01
+    out = [
+        {"name": "bad-tag", "frame": flipped.hex(), "error": "AuthError", "terminal_id": TID},
+        {
+            "name": "wrong-key",
+            "frame": _seal(m.Rating(seq=1, level=5), 1, key=bytes(32)).hex(),
+            "error": "AuthError",
+            "terminal_id": TID,
+        },
+        {
+            "name": "replay",
+            "frame": rating.hex(),
+            "rx_last": (1 << 16) | 5,
+            "error": "ReplayError",
+            "terminal_id": TID,
+        },
+        {
+            "name": "counter-below-last",
+            "frame": rating.hex(),
+            "rx_last": (2 << 16) | 1,
+            "error": "ReplayError",
+            "terminal_id": TID,
+        },
+        {
+            "name": "down-frame-sent-up",
+            "frame": good.hex(),
+            "receiver": "daemon",
+            "error": "DirectionError",
+            "terminal_id": TID,
+        },
+        {
+            "name": "bad-crc",
+            "wire": serial.cobs.encode(rating + b"\x00\x00").hex() + "00",
+            "error": "ChecksumError",
+            "terminal_id": TID,
+        },
+        {
+            "name": "bad-cobs",
+            "wire": (bytes([0x30]) + wire[1:]).hex(),
+            "error": "FrameError",
+            "terminal_id": TID,
+        },
+        {"name": "too-short", "frame": "01840a0b0c0d", "error": "FrameError", "terminal_id": TID},
+        {
+            "name": "too-long",
+            "frame": _raw(bytes.fromhex("0104") + TID.to_bytes(4, "big") + (1).to_bytes(4, "big") + bytes(239)).hex(),
+            "error": "FrameTooLong",
+            "terminal_id": TID,
+        },
+        {
+            "name": "wire-too-long",
+            "wire": ("01" * 300) + "00",
+            "error": "FrameTooLong",
+            "terminal_id": TID,
+        },
+        {
+            "name": "version-2",
+            "frame": _raw(bytes.fromhex("0284") + TID.to_bytes(4, "big") + (1).to_bytes(4, "big") + bytes(4)).hex(),
+            "receiver": "terminal",
+            "error": "VersionError",
+            "terminal_id": TID,
+        },
+        {
+            "name": "unknown-type",
+            "frame": _raw(bytes.fromhex("0170") + TID.to_bytes(4, "big") + (1).to_bytes(4, "big")).hex(),
+            "error": "UnknownType",
+            "terminal_id": TID,
+        },
+        {
+            "name": "level-out-of-range",
+            "frame": _raw(
+                bytes.fromhex("0102") + TID.to_bytes(4, "big") + (1).to_bytes(4, "big")
+                + bytes.fromhex("00000001" "06" "00" "00000000" "00000000" "00000000" "0000")
+            ).hex(),
+            "error": "MessageError",
+            "terminal_id": TID,
+        },
+        {
+            "name": "reason-on-good-rating",
+            "frame": _raw(
+                bytes.fromhex("0102") + TID.to_bytes(4, "big") + (1).to_bytes(4, "big")
+                + bytes.fromhex("00000001" "0d" "00" "00000000" "00000000" "00000000" "0000")
+            ).hex(),
+            "error": "MessageError",
+            "terminal_id": TID,
+        },
+        {
+            "name": "ratings-count-mismatch",
+            "frame": _raw(
+                bytes.fromhex("0103") + TID.to_bytes(4, "big") + (1).to_bytes(4, "big") + bytes([2])
+                + m.Rating(seq=1, level=5).payload()
+            ).hex(),
+            "error": "MessageError",
+            "terminal_id": TID,
+        },
+        {
+            "name": "arm-session-zero",
+            "frame": _raw(
+                bytes.fromhex("0182") + TID.to_bytes(4, "big") + (1).to_bytes(4, "big")
+                + bytes.fromhex("00000000" "0078" "9f86d081")
+            ).hex(),
+            "receiver": "terminal",
+            "error": "MessageError",
+            "terminal_id": TID,
+        },
+        {
+            "name": "other-terminal",
+            "frame": _seal(m.Rating(seq=1, level=5), 1, tid=TID + 1).hex(),
+            "error": "FrameError",
+            "terminal_id": TID,
+        },
+    ]
+    return out
+
+
+def build() -> dict:
+    key = auth.Key(KEY)
+    valid = []
+    for name, msg, counter in VALID:
+        f = frame.seal(key, msg, TID, counter)
+        valid.append({
+            "name": name,
+            "type": msg.NAME,
+            "terminal_id": TID,
+            "counter": counter,
+            "fields": msg.to_dict(),
+            "frame": f.hex(),
+            "wire": serial.encode(f).hex(),
+        })
+    return {
+        "comment": "protocol v1 test vectors; see SPEC.md. Generated by tests/vector_gen.py.",
+        "key": KEY.hex(),
+        "valid": valid,
+        "invalid": invalid(),
+    }
+
+
+def dumps(doc: dict) -> str:
+    return json.dumps(doc, ensure_ascii=False, indent=1) + "\n"
+
+
+if __name__ == "__main__":
+    text = dumps(build())
+    if "--write" in sys.argv:
+        OUT.write_text(text, encoding="utf-8")
+        print(f"wrote {OUT}")
+    else:
+        sys.stdout.write(text)

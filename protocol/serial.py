@@ -47,6 +47,8 @@ class Decoder:
         self._discarding = False  # inside an over-long run, until the next 0x00
         self._ready = []  # complete chunks, or FrameTooLong markers
         self.dropped_bytes = 0  # bytes thrown away inside over-long runs
+        self.lost_chunks = 0  # chunks dropped because next_event was not called
+        self._lost_unreported = False
 
     def receive_data(self, data):
         start = 0
@@ -74,14 +76,18 @@ class Decoder:
 
     def _push(self, item):
         if len(self._ready) >= MAX_PENDING:
-            # The caller is not draining events; the oldest chunk goes, and
-            # the loss is reported in its place.
+            # The caller is not draining events: the oldest chunk goes, and
+            # the next call to next_event reports the loss.
             self._ready.pop(0)
-            self._ready.insert(0, FrameError("decoder backlog over %d chunks" % MAX_PENDING))
+            self.lost_chunks += 1
+            self._lost_unreported = True
         self._ready.append(item)
 
     def next_event(self):
         """One frame's bytes, or None when more data is needed."""
+        if self._lost_unreported:
+            self._lost_unreported = False
+            raise FrameError("decoder backlog over %d chunks; oldest dropped" % MAX_PENDING)
         if not self._ready:
             return None
         item = self._ready.pop(0)

@@ -23,6 +23,21 @@ MPY_PACKAGE = (
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# Lines shown at the end of the run (e.g. how many vectors passed on
+# MicroPython), so CI's output proves which lanes ran.
+_LANES: dict[str, str] = {}
+
+
+def lane_report(what: str, value: str) -> None:
+    _LANES[what] = value
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
+    if _LANES:
+        terminalreporter.section("lanes")
+        for k in sorted(_LANES):
+            terminalreporter.write_line(f"{k}: {_LANES[k]}")
+
 
 def missing(what: str, how: str) -> None:
     """Fail under CI, skip elsewhere, saying what is missing and how to get it."""

@@ -55,7 +55,7 @@ good = unhex(cases["good_wire"])
 others = 0
 missed = 0
 n = cases["fuzz_count"]
-for i in range(n):
+for _i in range(n):
     k = rnd() % 4
     if k == 0:
         junk = bytes(rnd() & 0xFF for _ in range(rnd() % 80))

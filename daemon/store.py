@@ -1,0 +1,608 @@
+"""The hall's durable store: one SQLite file, append-only ratings, hash chain.
+
+What it is for: every rating the daemon acknowledges is in this file first.
+``commit`` writes a whole group of ratings (from many terminals) in one
+transaction with ``synchronous=FULL`` in WAL mode, so a commit that returned
+survives a crash or a power cut, and durability costs one fsync per group,
+not per rating.
+
+What it must never do: UPDATE or DELETE a row of ``ratings``; store a
+terminal key or an applicant's contact where a log could print it (keys live
+only in ``terminals.key``; contacts only AES-GCM encrypted in
+``cases.contact_enc``); swallow a disk-full error (``StoreFull`` goes to the
+caller, which stops acknowledging: the terminals keep the ratings in their
+journals and resend).
+
+The schema is the shared contract of common.md (ratings, cases, annotations;
+the uplink reads them) plus the daemon's own tables.  Schema changes are named
+migrations recorded in ``migrations``; a name once shipped never changes.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from haochaping.daemon import chain
+
+SQLITE_FULL = 13
+BUSY_TIMEOUT_MS = 5000
+CONTACT_KEY_LEN = 32  # AES-256-GCM
+NONCE_LEN = 12
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (and nothing was written)."""
+
+
+class StoreFull(StoreError):
+    """The disk (or the configured size limit) is full: nothing was committed."""
+
+
+class ContactKeyError(StoreError):
+    """The contact key file is missing, malformed or readable by others."""
+
+
+# Named migrations, applied in order, each once.  Never edit a shipped one:
+# add a new name.
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_initial",
+        """
+        CREATE TABLE terminals (
+            id INTEGER PRIMARY KEY,            -- u32 terminal id
+            key BLOB NOT NULL,                 -- 32-byte HMAC key; never logged
+            window_no TEXT,
+            firmware TEXT,
+            board TEXT,
+            last_seen_ms INTEGER,
+            journal_used INTEGER,
+            journal_capacity INTEGER,
+            clock_offset_ms INTEGER,
+            rx_counter INTEGER NOT NULL DEFAULT 0,   -- last up counter accepted
+            down_epoch INTEGER NOT NULL DEFAULT 0,   -- last daemon->terminal epoch used
+            high_seq INTEGER NOT NULL DEFAULT 0,     -- highest rating seq stored
+            alarms INTEGER NOT NULL DEFAULT 0,
+            enabled INTEGER NOT NULL DEFAULT 1,
+            created_ms INTEGER
+        );
+        CREATE UNIQUE INDEX terminals_window ON terminals(window_no) WHERE window_no IS NOT NULL;
+        CREATE TABLE boots (
+            terminal_id INTEGER NOT NULL,
+            boot INTEGER NOT NULL,
+            start_ms INTEGER NOT NULL,         -- daemon UTC ms of the terminal's uptime 0
+            PRIMARY KEY (terminal_id, boot)
+        );
+        CREATE TABLE cases (
+            id INTEGER PRIMARY KEY,
+            case_no TEXT NOT NULL,
+            item_code TEXT,
+            item_name TEXT,
+            handle_item TEXT,
+            dept_code TEXT,
+            dept_name TEXT,
+            area_code TEXT,
+            window_no TEXT,
+            window_name TEXT,
+            staff_id TEXT,
+            staff_name TEXT,
+            service_ms INTEGER,
+            service_number TEXT,
+            contact_enc BLOB,
+            created_ms INTEGER
+        );
+        CREATE INDEX cases_case_no ON cases(case_no);
+        CREATE TABLE sessions (
+            id INTEGER PRIMARY KEY,            -- the ARM token (u32, never 0)
+            case_id INTEGER NOT NULL REFERENCES cases(id),
+            window_no TEXT,
+            terminal_id INTEGER,
+            armed_ms INTEGER NOT NULL,
+            expires_ms INTEGER NOT NULL,
+            cancelled_ms INTEGER
+        );
+        CREATE TABLE ratings (
+            id INTEGER PRIMARY KEY,
+            terminal_id INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            level INTEGER NOT NULL,
+            reason INTEGER NOT NULL,
+            flags INTEGER NOT NULL,
+            session INTEGER,
+            case_id INTEGER REFERENCES cases(id),
+            device_time INTEGER NOT NULL,
+            uptime_ms INTEGER NOT NULL,
+            boot INTEGER NOT NULL,
+            received_ms INTEGER NOT NULL,
+            assess_ms INTEGER NOT NULL,
+            time_quality TEXT NOT NULL,
+            chain BLOB NOT NULL,
+            UNIQUE (terminal_id, seq)
+        );
+        CREATE TRIGGER ratings_no_update BEFORE UPDATE ON ratings
+            BEGIN SELECT RAISE(ABORT, 'ratings are append-only'); END;
+        CREATE TRIGGER ratings_no_delete BEFORE DELETE ON ratings
+            BEGIN SELECT RAISE(ABORT, 'ratings are append-only'); END;
+        CREATE TABLE annotations (
+            id INTEGER PRIMARY KEY,
+            rating_id INTEGER NOT NULL REFERENCES ratings(id),
+            kind TEXT NOT NULL,
+            value TEXT NOT NULL,
+            created_ms INTEGER NOT NULL
+        );
+        CREATE INDEX annotations_rating ON annotations(rating_id);
+        CREATE TABLE alerts (
+            id INTEGER PRIMARY KEY,
+            rating_id INTEGER NOT NULL UNIQUE REFERENCES ratings(id),
+            created_ms INTEGER NOT NULL
+        );
+        CREATE TABLE refusals (
+            id INTEGER PRIMARY KEY,
+            at_ms INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            terminal_id INTEGER,
+            reason TEXT NOT NULL
+        );
+        CREATE TABLE meta (
+            name TEXT PRIMARY KEY,
+            value INTEGER
+        );
+        """,
+    ),
+]
+
+_RATING_COLS = (
+    "id",
+    "terminal_id",
+    "seq",
+    "level",
+    "reason",
+    "flags",
+    "session",
+    "case_id",
+    "device_time",
+    "uptime_ms",
+    "boot",
+    "received_ms",
+    "assess_ms",
+    "time_quality",
+    "chain",
+)
+_INSERT_RATING = "INSERT INTO ratings (%s) VALUES (%s) ON CONFLICT(terminal_id, seq) DO NOTHING" % (
+    ", ".join(_RATING_COLS),
+    ", ".join("?" * len(_RATING_COLS)),
+)
+
+_TERMINAL_UPDATABLE = (
+    "window_no",
+    "firmware",
+    "board",
+    "last_seen_ms",
+    "journal_used",
+    "journal_capacity",
+    "clock_offset_ms",
+    "rx_counter",
+    "down_epoch",
+    "high_seq",
+    "alarms",
+)
+
+
+@dataclass(slots=True)
+class NewRating:
+    """A rating the core wants stored, with what goes beside it if it is new."""
+
+    terminal_id: int
+    seq: int
+    level: int
+    reason: int
+    flags: int
+    session: int | None
+    case_id: int | None
+    device_time: int
+    uptime_ms: int
+    boot: int
+    assess_ms: int
+    time_quality: str
+    flags_found: list[str] = field(default_factory=list)  # annotation values (kind 'flag')
+
+
+@dataclass(slots=True)
+class Stored:
+    """What ``commit`` did with one NewRating: ``id`` is None for a duplicate."""
+
+    rating: NewRating
+    id: int | None
+
+
+@dataclass(slots=True)
+class TerminalRecord:
+    id: int
+    key: bytes = field(repr=False)
+    window_no: str | None
+    rx_counter: int
+    down_epoch: int
+    high_seq: int
+    boots: dict[int, int]
+
+
+def _is_full(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code == SQLITE_FULL:
+        return True
+    return "database or disk is full" in str(e)
+
+
+class Store:
+    """One SQLite file.  Use from one thread at a time (the daemon's committer)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, max_pages: int | None = None) -> None:
+        self.path = Path(path)
+        self.conn = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        if max_pages is not None:
+            # The stand-in for a small disk in tests and a hard size cap in
+            # production (docs/operations.md): past it, writes fail SQLITE_FULL.
+            self.conn.execute("PRAGMA max_page_count=%d" % int(max_pages))
+        self.db = sqlite_utils.Database(self.conn)
+        self.lock = threading.Lock()
+        self.migrate()
+        row = self.conn.execute("SELECT id, chain FROM ratings ORDER BY id DESC LIMIT 1").fetchone()
+        self._last_id: int = row[0] if row else 0
+        self._last_chain: bytes = row[1] if row else chain.GENESIS
+
+    # ------------------------------------------------------------ schema
+
+    def migrate(self) -> list[str]:
+        """Apply every migration not yet recorded; return the names applied."""
+        c = self.conn
+        c.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_ms INTEGER)")
+        done = {r[0] for r in c.execute("SELECT name FROM migrations")}
+        applied = []
+        for name, sql in MIGRATIONS:
+            if name in done:
+                continue
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in _statements(sql):
+                    c.execute(stmt)
+                c.execute(
+                    "INSERT INTO migrations (name, applied_ms) VALUES (?, ?)",
+                    (name, int(time.time() * 1000)),
+                )
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            applied.append(name)
+        return applied
+
+    def migrations(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT name FROM migrations ORDER BY rowid")]
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ------------------------------------------------------------ meta
+
+    def next_daemon_start(self) -> int:
+        """Count this daemon start (durably) and return the count."""
+        with self._tx():
+            self.conn.execute(
+                "INSERT INTO meta (name, value) VALUES ('starts', 1) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + 1"
+            )
+            return int(self.conn.execute("SELECT value FROM meta WHERE name='starts'").fetchone()[0])
+
+    # ------------------------------------------------------------ terminals
+
+    def add_terminal(self, terminal_id: int, key: bytes, window_no: str | None, now_ms: int) -> None:
+        if len(key) != 32:
+            raise StoreError("a terminal key is 32 bytes")
+        with self._tx():
+            self.conn.execute(
+                "INSERT INTO terminals (id, key, window_no, created_ms) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET key=excluded.key, window_no=excluded.window_no",
+                (terminal_id, key, window_no, now_ms),
+            )
+
+    def start_terminals(self) -> dict[int, TerminalRecord]:
+        """Load every enabled terminal and start a new down epoch for each
+        (durably, before any frame of the new epoch is sent)."""
+        with self._tx():
+            self.conn.execute("UPDATE terminals SET down_epoch = down_epoch + 1 WHERE enabled = 1")
+        boots: dict[int, dict[int, int]] = {}
+        for tid, boot, start in self.conn.execute("SELECT terminal_id, boot, start_ms FROM boots"):
+            boots.setdefault(tid, {})[boot] = start
+        out = {}
+        for tid, key, window, rx, epoch, high in self.conn.execute(
+            "SELECT id, key, window_no, rx_counter, down_epoch, high_seq FROM terminals WHERE enabled = 1"
+        ):
+            out[tid] = TerminalRecord(tid, bytes(key), window, rx, epoch, high, boots.get(tid, {}))
+        return out
+
+    def terminals(self) -> list[dict[str, Any]]:
+        """Terminal health rows, without keys."""
+        cols = ["id", "window_no", "firmware", "board", "last_seen_ms", "journal_used",
+                "journal_capacity", "clock_offset_ms", "alarms", "high_seq"]  # fmt: skip
+        rows = self.conn.execute("SELECT %s FROM terminals ORDER BY id" % ", ".join(cols)).fetchall()
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    # ------------------------------------------------------------ cases, sessions
+
+    def add_case(self, case: dict[str, Any], contact_enc: bytes | None, now_ms: int) -> int:
+        cols = ["case_no", "item_code", "item_name", "handle_item", "dept_code", "dept_name",
+                "area_code", "window_no", "window_name", "staff_id", "staff_name", "service_ms",
+                "service_number"]  # fmt: skip
+        vals = [case.get(c) for c in cols] + [contact_enc, now_ms]
+        with self._tx():
+            cur = self.conn.execute(
+                "INSERT INTO cases (%s, contact_enc, created_ms) VALUES (%s)"
+                % (", ".join(cols), ", ".join("?" * (len(cols) + 2))),
+                vals,
+            )
+            return int(cur.lastrowid or 0)
+
+    def add_session(self, token: int, case_id: int, window_no: str, terminal_id: int,
+                    armed_ms: int, expires_ms: int) -> None:  # fmt: skip
+        with self._tx():
+            self.conn.execute(
+                "INSERT INTO sessions (id, case_id, window_no, terminal_id, armed_ms, expires_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (token, case_id, window_no, terminal_id, armed_ms, expires_ms),
+            )
+
+    def cancel_session(self, token: int, now_ms: int) -> bool:
+        with self._tx():
+            cur = self.conn.execute(
+                "UPDATE sessions SET cancelled_ms = ? WHERE id = ? AND cancelled_ms IS NULL",
+                (now_ms, token),
+            )
+            return cur.rowcount == 1
+
+    def sessions_since(self, since_ms: int) -> list[tuple[int, int, str, int, int, int, int | None]]:
+        return self.conn.execute(
+            "SELECT id, case_id, window_no, terminal_id, armed_ms, expires_ms, cancelled_ms "
+            "FROM sessions WHERE armed_ms >= ?",
+            (since_ms,),
+        ).fetchall()
+
+    def case(self, case_id: int) -> dict[str, Any] | None:
+        rows = list(self.db["cases"].rows_where("id = ?", [case_id]))
+        return rows[0] if rows else None
+
+    # ------------------------------------------------------------ ratings
+
+    def commit(
+        self,
+        ratings: Sequence[NewRating],
+        now_ms: int,
+        terminal_updates: dict[int, dict[str, Any]] | None = None,
+        boots: Iterable[tuple[int, int, int]] = (),
+        refusals: Iterable[tuple[int, str, int | None, str]] = (),
+    ) -> list[Stored]:
+        """Store a group of ratings (and terminal state) in ONE transaction.
+
+        Each rating is new (gets the next id and chain value, its annotations
+        and, for level <= 2, an alert) or a duplicate of a stored
+        (terminal_id, seq) (id None, nothing written).  On any error nothing
+        is written; StoreFull for a full disk.
+        """
+        out: list[Stored] = []
+        last_id, last_chain = self._last_id, self._last_chain
+        c = self.conn
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for r in ratings:
+                    rid = last_id + 1
+                    row = {
+                        "id": rid,
+                        "terminal_id": r.terminal_id,
+                        "seq": r.seq,
+                        "level": r.level,
+                        "reason": r.reason,
+                        "flags": r.flags,
+                        "session": r.session,
+                        "device_time": r.device_time,
+                        "uptime_ms": r.uptime_ms,
+                        "boot": r.boot,
+                        "received_ms": now_ms,
+                    }
+                    h = chain.next_hash(last_chain, row)
+                    cur = c.execute(
+                        _INSERT_RATING,
+                        (rid, r.terminal_id, r.seq, r.level, r.reason, r.flags, r.session,
+                         r.case_id, r.device_time, r.uptime_ms, r.boot, now_ms, r.assess_ms,
+                         r.time_quality, h),  # fmt: skip
+                    )
+                    if cur.rowcount != 1:
+                        out.append(Stored(r, None))
+                        continue
+                    last_id, last_chain = rid, h
+                    for v in r.flags_found:
+                        c.execute(
+                            "INSERT INTO annotations (rating_id, kind, value, created_ms) VALUES (?, 'flag', ?, ?)",
+                            (rid, v, now_ms),
+                        )
+                    if r.level <= 2:
+                        c.execute("INSERT INTO alerts (rating_id, created_ms) VALUES (?, ?)", (rid, now_ms))
+                    out.append(Stored(r, rid))
+                for tid, upd in (terminal_updates or {}).items():
+                    keys = [k for k in upd if k in _TERMINAL_UPDATABLE]
+                    if keys:
+                        c.execute(
+                            "UPDATE terminals SET %s WHERE id = ?" % ", ".join("%s = ?" % k for k in keys),
+                            [upd[k] for k in keys] + [tid],
+                        )
+                for tid, boot, start in boots:
+                    c.execute(
+                        "INSERT INTO boots (terminal_id, boot, start_ms) VALUES (?, ?, ?) "
+                        "ON CONFLICT DO UPDATE SET start_ms = excluded.start_ms",
+                        (tid, boot, start),
+                    )
+                for at, source, tid_or_none, reason in refusals:
+                    c.execute(
+                        "INSERT INTO refusals (at_ms, source, terminal_id, reason) VALUES (?, ?, ?, ?)",
+                        (at, source, tid_or_none, reason),
+                    )
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            if _is_full(e):
+                raise StoreFull("the database is full (disk or size limit): nothing committed") from e
+            raise StoreError("commit failed: %s" % e) from e
+        self._last_id, self._last_chain = last_id, last_chain
+        return out
+
+    def annotate(self, rating_id: int, kind: str, value: str, now_ms: int) -> int:
+        if kind not in ("review", "flag"):
+            raise StoreError("annotation kind is 'review' or 'flag'")
+        with self._tx():
+            cur = self.conn.execute(
+                "INSERT INTO annotations (rating_id, kind, value, created_ms) VALUES (?, ?, ?, ?)",
+                (rating_id, kind, value, now_ms),
+            )
+            return int(cur.lastrowid or 0)
+
+    def verify_chain(self) -> int | None:
+        """The id of the first rating whose chain value is wrong, or None."""
+        prev = chain.GENESIS
+        cols = ", ".join(chain.FIELDS)
+        for row in self.conn.execute("SELECT %s, chain FROM ratings ORDER BY id" % cols):
+            d = dict(zip(chain.FIELDS, row[:-1], strict=True))
+            h = chain.next_hash(prev, d)
+            if h != bytes(row[-1]):
+                return int(d["id"])
+            prev = h
+        return None
+
+    def ratings(self, since_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "SELECT r.id, r.terminal_id, r.seq, r.level, r.reason, r.flags, r.session, r.case_id, "
+                "r.assess_ms, r.time_quality, r.received_ms, c.case_no, c.window_no, c.staff_name "
+                "FROM ratings r LEFT JOIN cases c ON c.id = r.case_id WHERE r.id > ? ORDER BY r.id LIMIT ?",
+                [since_id, limit],
+            )
+        )
+
+    def alerts(self, since_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """差评 alerts with what the callback needs (no contact)."""
+        return list(
+            self.db.query(
+                "SELECT a.id, a.rating_id, a.created_ms, r.terminal_id, r.level, r.reason, r.assess_ms, "
+                "r.case_id, c.case_no, c.item_name, c.window_no, c.window_name, c.staff_id, c.staff_name, "
+                "t.window_no AS terminal_window "
+                "FROM alerts a JOIN ratings r ON r.id = a.rating_id "
+                "LEFT JOIN cases c ON c.id = r.case_id LEFT JOIN terminals t ON t.id = r.terminal_id "
+                "WHERE a.id > ? ORDER BY a.id LIMIT ?",
+                [since_id, limit],
+            )
+        )
+
+    def count(self, table: str) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM %s" % _ident(table)).fetchone()[0])
+
+    # ------------------------------------------------------------ helpers
+
+    def _tx(self) -> _Tx:
+        return _Tx(self.conn)
+
+
+class _Tx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
+        if et is None:
+            try:
+                self.conn.execute("COMMIT")
+                return
+            except sqlite3.Error as e:
+                self.conn.execute("ROLLBACK")
+                if _is_full(e):
+                    raise StoreFull("the database is full (disk or size limit)") from e
+                raise
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+        if isinstance(ev, sqlite3.Error) and _is_full(ev):
+            raise StoreFull("the database is full (disk or size limit)") from ev
+
+
+def _ident(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise StoreError("bad table name")
+    return name
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration into statements, keeping trigger bodies whole."""
+    out, buf = [], ""
+    for line in sql.splitlines():
+        line = line.split("--", 1)[0]
+        if not line.strip():
+            continue
+        buf += line + "\n"
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out
+
+
+# ---------------------------------------------------------------- contact
+
+
+class ContactCipher:
+    """AES-256-GCM for applicants' contacts.  The key file is 32 random bytes,
+    mode 0600, created on first use; a key file others can read is refused."""
+
+    def __init__(self, key_path: str | os.PathLike[str]) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        p = Path(key_path)
+        if not p.exists():
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, os.urandom(CONTACT_KEY_LEN))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        st = p.stat()
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            raise ContactKeyError("contact key file %s must be mode 0600 (it is %o)" % (p, stat.S_IMODE(st.st_mode)))
+        key = p.read_bytes()
+        if len(key) != CONTACT_KEY_LEN:
+            raise ContactKeyError("contact key file %s must hold %d bytes" % (p, CONTACT_KEY_LEN))
+        self._aead = AESGCM(key)
+
+    def encrypt(self, contact: str, case_no: str) -> bytes:
+        nonce = os.urandom(NONCE_LEN)
+        return nonce + self._aead.encrypt(nonce, contact.encode(), case_no.encode())
+
+    def decrypt(self, blob: bytes, case_no: str) -> str:
+        return self._aead.decrypt(blob[:NONCE_LEN], blob[NONCE_LEN:], case_no.encode()).decode()
+
+    def __repr__(self) -> str:
+        return "<ContactCipher>"

@@ -1,0 +1,123 @@
+"""daemon/store.py on real SQLite files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from haochaping.daemon import chain
+from haochaping.daemon.store import (
+    MIGRATIONS,
+    ContactCipher,
+    ContactKeyError,
+    NewRating,
+    Store,
+    StoreFull,
+)
+
+KEY = bytes(range(32))
+
+
+def rating(tid: int, seq: int, level: int = 5, flags_found: list[str] | None = None) -> NewRating:
+    return NewRating(tid, seq, level, 1 if level <= 2 else 0, 0, None, None, 0, seq * 10, 1,
+                     1_000 + seq, "received", flags_found or [])  # fmt: skip
+
+
+def test_pragmas_and_migrations(tmp_path):
+    s = Store(tmp_path / "h.db")
+    assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert s.migrations() == [m[0] for m in MIGRATIONS]
+    s.close()
+    s2 = Store(tmp_path / "h.db")
+    assert s2.migrate() == []  # nothing applied twice
+    cols = {r[1] for r in s2.conn.execute("PRAGMA table_info(ratings)")}
+    assert {"id", "terminal_id", "seq", "level", "reason", "flags", "session", "case_id",
+            "device_time", "uptime_ms", "boot", "received_ms", "assess_ms", "time_quality",
+            "chain"} <= cols  # fmt: skip
+
+
+def test_group_commit_dedupes_chains_and_alerts(tmp_path):
+    s = Store(tmp_path / "h.db")
+    s.add_terminal(7, KEY, "W1", 0)
+    res = s.commit([rating(7, 1), rating(7, 2, level=1, flags_found=["too_fast"]), rating(7, 1)], 5000)
+    assert [r.id for r in res] == [1, 2, None]
+    res = s.commit([rating(7, 2), rating(7, 3)], 6000)
+    assert [r.id for r in res] == [None, 3]
+    assert s.count("ratings") == 3
+    assert s.count("alerts") == 1
+    ann = s.conn.execute("SELECT rating_id, kind, value FROM annotations").fetchall()
+    assert ann == [(2, "flag", "too_fast")]
+    assert s.verify_chain() is None
+    # the chain is chain.py's, in id order, from GENESIS
+    rows = s.conn.execute("SELECT %s, chain FROM ratings ORDER BY id" % ", ".join(chain.FIELDS)).fetchall()
+    prev = chain.GENESIS
+    for row in rows:
+        prev = chain.next_hash(prev, dict(zip(chain.FIELDS, row[:-1], strict=True)))
+        assert prev == row[-1]
+    # a reopened store continues the chain
+    s.close()
+    s = Store(tmp_path / "h.db")
+    assert [r.id for r in s.commit([rating(7, 4)], 7000)] == [4]
+    assert s.verify_chain() is None
+
+
+def test_ratings_are_append_only(tmp_path):
+    s = Store(tmp_path / "h.db")
+    s.commit([rating(1, 1)], 1)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        s.conn.execute("UPDATE ratings SET level = 1")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        s.conn.execute("DELETE FROM ratings")
+
+
+def test_tampering_is_found(tmp_path):
+    s = Store(tmp_path / "h.db")
+    s.commit([rating(1, i) for i in range(1, 6)], 1)
+    s.conn.execute("DROP TRIGGER ratings_no_update")
+    s.conn.execute("UPDATE ratings SET level = 1 WHERE id = 3")
+    assert s.verify_chain() == 3
+
+
+def test_disk_full_commits_nothing_and_recovers(tmp_path):
+    s = Store(tmp_path / "h.db")
+    s.add_terminal(1, KEY, None, 0)
+    pages = s.conn.execute("PRAGMA page_count").fetchone()[0]
+    s.conn.execute("PRAGMA max_page_count=%d" % (pages + 2))
+    n = 0
+    with pytest.raises(StoreFull):
+        for i in range(200):
+            s.commit([rating(1, n + j + 1) for j in range(50)], 1)
+            n += 50
+    stored = s.count("ratings")
+    assert stored == n  # the failing group left nothing behind
+    s.conn.execute("PRAGMA max_page_count=1000000")
+    res = s.commit([rating(1, n + 1)], 2)
+    assert res[0].id == n + 1  # ids and chain continue without a hole
+    assert s.verify_chain() is None
+
+
+def test_start_terminals_bumps_down_epoch(tmp_path):
+    s = Store(tmp_path / "h.db")
+    s.add_terminal(9, KEY, "W9", 0)
+    a = s.start_terminals()[9].down_epoch
+    b = s.start_terminals()[9].down_epoch
+    assert b == a + 1
+    assert "key" not in s.terminals()[0]
+
+
+def test_contact_cipher(tmp_path):
+    p = tmp_path / "contact.key"
+    c = ContactCipher(p)
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+    blob = c.encrypt("13800000000", "CASE-1")
+    assert b"13800000000" not in blob
+    assert ContactCipher(p).decrypt(blob, "CASE-1") == "13800000000"
+    with pytest.raises(Exception):
+        c.decrypt(blob, "CASE-2")  # bound to its case
+    os.chmod(p, 0o644)
+    with pytest.raises(ContactKeyError, match="0600"):
+        ContactCipher(p)

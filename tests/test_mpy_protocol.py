@@ -44,7 +44,7 @@ def test_protocol_on_micropython(micropython: MicroPython, tmp_path: Path) -> No
             "fields": msg.to_dict(), "frame": f.hex(), "wire": serial.encode(f).hex(),
         })
     good = serial.encode(frame.seal(k, m.Rating(seq=3, level=2, reason=1, boot=1), 0xABCDEF01, 77))
-    doc = {"key": key.hex(), "cases": cases, "fuzz_seed": 424242, "fuzz_count": 3000,
+    doc = {"key": key.hex(), "cases": cases, "fuzz_seed": 424242, "fuzz_count": 20000,
            "good_wire": good.hex()}
     cases_file = tmp_path / "cases.json"
     # Raw UTF-8: MicroPython's json does not join \u surrogate pairs.
@@ -64,7 +64,7 @@ def test_protocol_on_micropython(micropython: MicroPython, tmp_path: Path) -> No
     assert out["vectors_passed"] == total
     assert out["round_trips"] == len(cases) and len(cases) >= 200
     assert out["round_trip_failures"] == []
-    assert out["fuzz_inputs"] == 3000
+    assert out["fuzz_inputs"] == 20000
     assert out["fuzz_other_exceptions"] == 0
     assert out["fuzz_missed_good_frames"] == 0
     lane_report("micropython vectors passed", f"{out['vectors_passed']}/{total}")

@@ -1,0 +1,23 @@
+# MicroPython lane: run the firmware scenarios (and, by argument, the power-cut
+# sweep or the memory measurement) on the real interpreter.
+#   fw_lane.py scenarios | powercut N SEED | memory N
+import json
+import sys
+
+import fw_scenarios as s
+
+what = sys.argv[1] if len(sys.argv) > 1 else "scenarios"
+if what == "scenarios":
+    for fn in s.SCENARIOS:
+        res = fn()
+        print("JSON " + json.dumps({"scenario": fn.__name__, "ok": True, "result": res}))
+elif what == "powercut":
+    import fw_powercut as p
+
+    res = p.sweep(int(sys.argv[2]), int(sys.argv[3]))
+    print("JSON " + json.dumps(res))
+elif what == "memory":
+    import fw_memory as mm
+
+    res = mm.measure(int(sys.argv[2]))
+    print("JSON " + json.dumps(res))

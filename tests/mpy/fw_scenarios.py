@@ -1,0 +1,443 @@
+"""Firmware scenarios that run unchanged on CPython (tests/test_firmware*.py
+import them) and on real MicroPython (tests/mpy/fw_lane.py runs them).
+
+Each scenario drives a real Terminal on the simulator board against the
+daemon-side Peer and raises Failed on any broken rule.  Time is simulated
+(board.now), everything is deterministic; random cut points come from a
+seeded LCG so both runtimes use the same points.
+"""
+
+from fw_peer import Peer
+from haochaping.firmware import ui
+from haochaping.firmware.board_sim import SimBoard
+from haochaping.firmware.journal import JournalFull
+from haochaping.firmware.terminal import Terminal
+from haochaping.protocol import messages as m
+from haochaping.protocol.auth import Key
+
+TID = 0x00C0FFEE
+KEY = Key(bytes(range(32)))
+
+
+class Failed(Exception):
+    pass
+
+
+def check(cond, what):
+    if not cond:
+        raise Failed(what)
+
+
+class PowerCut(Exception):
+    """The simulated supply died during a write."""
+
+
+class MemFile:
+    """A file over a bytearray ("flash") that can tear: after ``budget``
+    more bytes have been written, the write in progress stops part-way and
+    PowerCut is raised.  Everything written before the cut stays (no
+    rollback), the worst case for a journal."""
+
+    def __init__(self, data=None, budget=-1):
+        self.data = data if data is not None else bytearray()
+        self.pos = 0
+        self.budget = budget
+        self.written = 0
+        self.writes = 0
+        self.syncs = 0
+        self.dead = False
+
+    def seek(self, off, whence=0):
+        if whence == 2:
+            off = len(self.data) + off
+        elif whence == 1:
+            off = self.pos + off
+        self.pos = off
+        return off
+
+    def tell(self):
+        return self.pos
+
+    def write(self, b):
+        if self.dead:
+            raise PowerCut("write after the cut")
+        n = len(b)
+        cut = False
+        if self.budget >= 0 and self.written + n > self.budget:
+            n = self.budget - self.written
+            cut = True
+        end = self.pos + n
+        if end > len(self.data):
+            self.data.extend(bytes(end - len(self.data)))
+        self.data[self.pos : end] = b[:n]
+        self.pos = end
+        self.written += n
+        self.writes += 1
+        if cut:
+            self.dead = True
+            raise PowerCut("power cut after %d bytes" % self.written)
+        return n
+
+    def readinto(self, mv):
+        n = len(mv)
+        avail = len(self.data) - self.pos
+        if avail < n:
+            n = avail if avail > 0 else 0
+        mv[0:n] = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+    def flush(self):
+        if self.dead:
+            raise PowerCut("flush after the cut")
+        self.syncs += 1
+
+    def close(self):
+        pass
+
+
+class Rig:
+    """A terminal on the sim board, wired to a daemon peer."""
+
+    def __init__(self, f=None, capacity=64, peer=None, compact=False, policy=ui.REFUSE):
+        self.f = f if f is not None else MemFile()
+        self.capacity = capacity
+        self.peer = peer if peer is not None else Peer(TID, KEY, compact=compact)
+        self.board = SimBoard(self.f)
+        self.now = 1000
+        self.policy = policy
+        self.thanked = []  # records whose THANKS was shown: tuples
+        self.boot()
+
+    def boot(self):
+        self.board = SimBoard(self.f)
+        self.board.now = self.now
+        self.t = Terminal(self.board, TID, KEY, self.capacity)
+        self.t.ev.settings.no_case_policy = self.policy
+        self.t.link_fault_ms = 0
+        self.peer.link.rx_last = 0  # the terminal starts a new (higher) epoch
+        self.board.transport.connected = True
+
+    def step(self, ms=10):
+        self.now += ms
+        self.board.now = self.now
+        before = self.board.shown[ui.P_THANKS]
+        writes = self.t.journal.writes
+        self.t.step(self.now)
+        if self.board.shown[ui.P_THANKS] != before:
+            check(self.t.journal.writes == writes + 1, "THANKS without a journal write")
+            self.thanked.append(self.t.journal.record(self.t.last_seq))
+        self.exchange()
+
+    def exchange(self):
+        tr = self.board.transport
+        for _ in range(8):
+            up = tr.take_up()
+            if not up:
+                return
+            for fr in up:
+                for d in self.peer.handle(fr, self.now):
+                    tr.deliver(d)
+            self.t.step(self.now)
+
+    def run(self, ms, step=10):
+        end = self.now + ms
+        while self.now < end:
+            self.step(step)
+
+    def press(self, button, hold=60):
+        self.board.mask |= 1 << button
+        self.step(10)
+        self.run(hold)
+        self.board.mask &= ~(1 << button)
+        self.step(10)
+
+    def arm(self, session, timeout_s=120):
+        self.board.transport.deliver(self.peer.send(m.Arm(session, timeout_s, b"abcd")))
+        self.step(10)
+
+    def idle(self):
+        """Run until the evaluator is back in IDLE (or ARMED/FAULT)."""
+        for _ in range(2000):
+            if self.t.ev.state in (ui.S_IDLE, ui.S_ARMED, ui.S_FAULT):
+                return
+            self.step(50)
+        raise Failed("evaluator stuck in %s" % ui.STATE_NAMES[self.t.ev.state])
+
+    def state(self):
+        return ui.STATE_NAMES[self.t.ev.state]
+
+
+# ----------------------------------------------------------------- scenarios
+
+
+def one_rating_per_arm():
+    r = Rig()
+    r.run(100)
+    check(r.t.session.state == 2, "link not UP after HELLO")
+    r.arm(7)
+    check(r.state() == "ARMED", "ARM did not arm: %s" % r.state())
+    r.press(0)
+    check(r.state() == "THANKS", "no THANKS after the press")
+    r.press(1)  # during THANKS: ignored, counted
+    r.press(2)
+    check(r.t.ev.ignored == 2, "THANKS presses not counted: %d" % r.t.ev.ignored)
+    r.idle()
+    check(r.state() == "IDLE", "not IDLE after THANKS")
+    r.press(3)  # no case, policy refuse
+    check(r.t.ev.refused == 1, "no-case press not refused")
+    r.run(200)
+    check(r.peer.count == 1, "peer stored %d ratings, want 1" % r.peer.count)
+    rec = r.peer.stored[1]
+    check(rec[1] == 5 and rec[4] == 7, "wrong rating %r" % (rec,))
+    check(rec[3] & m.F_TIME_SYNCED, "synced flag missing")
+    check(rec[5] >= m_utc_s(), "device time not set: %r" % (rec,))
+    check(r.t.journal.used == 0, "journal not freed by ACK")
+    # A second ARM allows exactly one more rating.
+    r.arm(8)
+    r.press(1)
+    r.press(1)
+    r.idle()
+    r.run(200)
+    check(r.peer.count == 2 and r.peer.stored[2][4] == 8, "second ARM")
+    return {"ratings": r.peer.count, "ignored": r.t.ev.ignored}
+
+
+def m_utc_s():
+    return 1764000000
+
+
+def reason_step():
+    r = Rig()
+    r.run(100)
+    r.arm(11)
+    r.press(4)  # 非常不满意 -> REASON
+    check(r.state() == "REASON", "level 1 did not ask for a reason")
+    r.press(2)  # reason 3
+    r.idle()
+    r.arm(12)
+    r.press(3)  # 不满意 -> REASON, then time-out
+    check(r.state() == "REASON", "level 2 did not ask for a reason")
+    r.run(r.t.ev.settings.reason_ms + 100, 100)
+    r.idle()
+    r.arm(13)
+    r.press(2)  # 基本满意: no reason step
+    check(r.state() == "THANKS", "level 3 asked for a reason")
+    r.idle()
+    r.run(200)
+    s = r.peer.stored
+    check(s[1][1:4] == (1, 3, m.F_TIME_SYNCED), "reason press: %r" % (s[1],))
+    check(
+        s[2][1] == 2 and s[2][2] == 0 and s[2][3] & m.F_REASON_TIMEOUT,
+        "reason timeout: %r" % (s[2],),
+    )
+    check(s[3][1] == 3 and s[3][2] == 0, "level 3: %r" % (s[3],))
+    return {"ratings": len(s)}
+
+
+def no_case_policy():
+    r = Rig()
+    r.peer.config = [(m.C_NO_CASE_POLICY, 1), (m.C_MIN_INTERVAL_S, 30)]
+    r.run(100)
+    check(r.t.ev.settings.no_case_policy == ui.RECORD, "CONFIG not applied")
+    r.press(1)
+    r.idle()
+    r.press(0)  # within 30 s: recorded, flagged rapid
+    r.idle()
+    r.run(31000, 500)
+    r.press(2)  # after the interval: not rapid
+    r.idle()
+    r.run(200)
+    s = r.peer.stored
+    check(len(s) == 3, "want 3 no-case ratings, got %d" % len(s))
+    check(s[1][3] & m.F_NO_CASE and not s[1][3] & m.F_RAPID and s[1][4] == 0, "first: %r" % (s[1],))
+    check(s[2][3] & m.F_NO_CASE and s[2][3] & m.F_RAPID, "rapid: %r" % (s[2],))
+    check(s[3][3] & m.F_NO_CASE and not s[3][3] & m.F_RAPID, "third: %r" % (s[3],))
+    # Policy back to refuse: nothing recorded, refusal counted.
+    r.t.configure([(m.C_NO_CASE_POLICY, 0)])
+    r.press(1)
+    r.run(200)
+    check(len(r.peer.stored) == 3 and r.t.ev.refused == 1, "refuse policy recorded a rating")
+    return {"ratings": len(s)}
+
+
+def debounce():
+    r = Rig()
+    r.run(100)
+    r.arm(21)
+    b = r.board
+    # A bouncing contact: 2 ms toggles for 20 ms, then held.
+    for i in range(10):
+        if i % 2 == 0:
+            b.mask |= 1
+        else:
+            b.mask &= ~1
+        r.step(2)
+    b.mask |= 1
+    r.run(100)
+    b.mask &= ~1
+    for i in range(6):  # bouncy release
+        if i % 2 == 0:
+            b.mask |= 1
+        else:
+            b.mask &= ~1
+        r.step(2)
+    b.mask &= ~1
+    r.run(100)
+    check(r.t.ev.ratings == 1, "bounces made %d ratings" % r.t.ev.ratings)
+    check(r.t.buttons.bounces > 0, "no bounce seen")
+    check(r.t.ev.ignored == 0, "bounce counted as an ignored press")
+    r.idle()
+    r.arm(22)
+    r.press(0)  # a clean second press after release counts
+    r.idle()
+    r.run(200)
+    check(r.peer.count == 2, "want 2 ratings, got %d" % r.peer.count)
+    # Technician mode: both outer buttons held 3 s.
+    b.mask = 0x11
+    r.run(3100, 50)
+    b.mask = 0
+    r.step(10)
+    check(r.t.tech_shown == 1 and "00c0ffee" in b.tech_text, "tech mode: %r" % b.tech_text)
+    return {"bounces": r.t.buttons.bounces}
+
+
+def journal_full():
+    r = Rig(capacity=5, policy=ui.RECORD)
+    r.t.ev.settings.min_interval_ms = 0
+    r.run(100)
+    r.peer.answer = False  # daemon stops answering: nothing is ACKed
+    for i in range(5):
+        r.press(i % 3)
+        r.idle()
+    check(r.t.journal.full, "journal not full after 5 ratings")
+    check(r.state() == "FAULT", "full journal not FAULT: %s" % r.state())
+    check(r.board.last_pattern == ui.P_FAULT, "no FAULT pattern")
+    before = r.t.journal.writes
+    r.press(0)
+    check(r.t.journal.writes == before, "a full journal took a rating")
+    check(r.t.ev.refused == 1, "refusal not counted")
+    r.peer.answer = True
+    r.run(200)
+    st = r.peer.statuses[-1]
+    check(st.alarms & m.A_JOURNAL_FULL, "STATUS without A_JOURNAL_FULL")
+    r.arm(31)
+    r.run(50)
+    check((m.E_JOURNAL_FULL, 31) in r.peer.errors, "ARM in FAULT not answered with ERROR")
+    try:
+        r.t.journal.append(5, 0, 0, 0, 0, 0, 1)
+        raise Failed("append on a full journal did not raise")
+    except JournalFull:
+        pass
+    # The daemon comes back: HELLO again, drain, ACK frees, fault clears.
+    r.board.transport.connected = False
+    r.step(10)
+    r.board.transport.connected = True
+    r.run(500)
+    check(r.peer.count == 5, "drain stored %d" % r.peer.count)
+    check(not r.t.journal.full and r.state() == "IDLE", "fault not cleared: %s" % r.state())
+    r.press(4)
+    check(r.state() == "REASON", "no rating after the fault cleared")
+    return {"capacity": 5}
+
+
+def reboot_recovery():
+    f = MemFile()
+    r = Rig(f, policy=ui.RECORD)
+    r.t.ev.settings.min_interval_ms = 0
+    r.run(100)
+    r.board.transport.connected = False
+    for i in range(3):
+        r.press(i)
+        r.idle()
+    boot1 = r.t.journal.boot
+    check(r.t.journal.used == 3, "3 unacked")
+    # Power off and on: same flash, new terminal object.
+    r.boot()
+    j = r.t.journal
+    check(j.boot == boot1 + 1, "boot count not bumped")
+    check(
+        j.head == 4 and j.tail == 1 and j.torn == 0, "recovered head %d tail %d" % (j.head, j.tail)
+    )
+    r.run(300)
+    check(r.peer.count == 3, "after reboot peer has %d" % r.peer.count)
+    check(r.peer.last_hello.head == 4 and r.peer.last_hello.boot == boot1 + 1, "HELLO content")
+    r.press(0)
+    r.idle()
+    r.run(200)
+    check(r.t.last_seq == 4 and r.peer.count == 4, "seq after reboot %d" % r.t.last_seq)
+    r.boot()
+    check(r.t.journal.head == 5 and r.t.journal.used == 0, "acked state not persisted")
+    return {"boot": r.t.journal.boot}
+
+
+def resend_after_reconnect(n=60):
+    r = Rig(capacity=128, policy=ui.RECORD)
+    r.t.ev.settings.min_interval_ms = 0
+    r.t.ev.settings.thanks_ms = 100
+    r.run(100)
+    r.board.transport.connected = False
+    for i in range(n):
+        r.press(i % 3, 20)
+        r.idle()
+    check(r.t.journal.used == n, "used %d" % r.t.journal.used)
+    # Reconnect; the daemon takes one round of frames, then the line drops.
+    tr = r.board.transport
+    tr.connected = True
+    r.now += 10
+    r.t.step(r.now)
+    first = tr.take_up()
+    check(len(first) == 1, "HELLO alone first, got %d frames" % len(first))
+    for fr in first:
+        for d in r.peer.handle(fr, r.now):
+            tr.deliver(d)
+    r.t.step(r.now)
+    burst = tr.take_up()
+    check(len(burst) == r.t.session.window, "window: %d frames in flight" % len(burst))
+    per = []
+    for fr in burst:
+        per.append(len(r.peer.link.open(fr).msg.records))
+    check(per[0] == m.MAX_RECORDS, "RATINGS not full: %r" % per)
+    tr.connected = False  # those frames are lost
+    r.step(10)
+    got = r.peer.count
+    tr.connected = True
+    r.run(2000)
+    check(r.peer.count == n, "after reconnect peer has %d of %d" % (r.peer.count, n))
+    check(r.t.journal.used == 0, "journal not drained")
+    seqs = sorted(r.peer.stored)
+    check(seqs == list(range(1, n + 1)), "seqs not 1..n")
+    # ACK time-out: the daemon swallows frames, then answers again.
+    r.peer.answer = False
+    for i in range(3):
+        r.press(i, 20)
+        r.idle()
+    r.run(1000)
+    r.peer.answer = True
+    r.run(r.t.session.ack_timeout_ms + 500, 50)
+    check(r.peer.count == n + 3 and r.t.session.resends >= 1, "no resend after ACK time-out")
+    return {"before_drop": got, "resends": r.t.session.resends, "frames": r.t.session.frames_sent}
+
+
+def unsynced_time():
+    r = Rig(policy=ui.RECORD)
+    r.peer.answer = False  # no TIME
+    r.run(100)
+    r.press(0)
+    r.idle()
+    rec = r.t.journal.record(1)
+    check(rec[3] & m.F_TIME_SYNCED == 0 and rec[5] == 0, "unsynced rating: %r" % (rec,))
+    check(rec[6] > 0 and rec[7] == r.t.journal.boot, "uptime/boot missing: %r" % (rec,))
+    return {}
+
+
+SCENARIOS = (
+    one_rating_per_arm,
+    reason_step,
+    no_case_policy,
+    debounce,
+    journal_full,
+    reboot_recovery,
+    resend_after_reconnect,
+    unsynced_time,
+)

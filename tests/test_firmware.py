@@ -1,0 +1,203 @@
+"""Firmware core on CPython: evaluator table, buttons, journal, session, and
+the shared scenarios (tests/mpy/fw_scenarios.py) that also run on MicroPython
+(tests/test_firmware_mpy.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "mpy"))
+
+import fw_scenarios as sc  # noqa: E402
+from haochaping.firmware import ui  # noqa: E402
+from haochaping.firmware.buttons import Buttons  # noqa: E402
+from haochaping.firmware.journal import (  # noqa: E402
+    DATA_AT,
+    REC_LEN,
+    Journal,
+    JournalError,
+    JournalFull,
+    capacity_for,
+)
+from haochaping.firmware.session import LINK_TABLE, LinkStateError, Session  # noqa: E402
+
+
+@pytest.mark.parametrize("scenario", sc.SCENARIOS, ids=lambda f: f.__name__)
+def test_scenario_cpython(scenario) -> None:
+    scenario()
+
+
+# ------------------------------------------------------------------ evaluator
+
+
+def test_table_has_one_row_per_state_and_event() -> None:
+    rows = [(s, e) for s, e, _, _ in ui.TABLE]
+    assert len(set(rows)) == len(rows), "duplicate rows"
+    # Every pair is decided explicitly (ignored presses are rows too).
+    assert set(rows) == {(s, e) for s in range(6) for e in range(7)}
+
+
+def test_transition_not_in_table_raises_named_error(monkeypatch) -> None:
+    ev = ui.Evaluator()
+    table = dict(ui._TABLE)
+    del table[ui.S_IDLE * 8 + ui.E_ARM]
+    monkeypatch.setattr(ui, "_TABLE", table)
+    with pytest.raises(ui.TransitionError, match="ARM in IDLE"):
+        ev.arm(5, 1000, 0)
+
+
+def test_handler_leading_outside_its_row_raises(monkeypatch) -> None:
+    ev = ui.Evaluator()
+    table = dict(ui._TABLE)
+    fn, _ = table[ui.S_IDLE * 8 + ui.E_ARM]
+    table[ui.S_IDLE * 8 + ui.E_ARM] = (fn, 1 << ui.S_IDLE)
+    monkeypatch.setattr(ui, "_TABLE", table)
+    with pytest.raises(ui.TransitionError, match="may not lead to ARMED"):
+        ev.arm(5, 1000, 0)
+    assert ev.state == ui.S_IDLE
+
+
+def test_write_comes_before_thanks() -> None:
+    ev = ui.Evaluator()
+    ev.arm(9, 60000, 0)
+    n = ev.press(0, 10)
+    acts = [ev.actions[i] for i in range(n)]
+    assert acts == [ui.A_WRITE, ui.A_SHOW | (ui.P_THANKS << 8)]
+    assert (ev.rec_level, ev.rec_session) == (5, 9)
+
+
+def test_arm_expires_and_arm_during_thanks_is_deferred() -> None:
+    ev = ui.Evaluator()
+    ev.arm(1, 1000, 0)
+    ev.tick(999)
+    assert ev.state == ui.S_ARMED
+    ev.tick(1000)
+    assert ev.state == ui.S_IDLE and ev.session == 0
+    ev.arm(2, 60000, 2000)
+    ev.press(1, 2010)
+    ev.arm(3, 60000, 2020)  # next case while THANKS shows
+    assert ev.state == ui.S_THANKS
+    ev.tick(2010 + ev.settings.thanks_ms)
+    assert ev.state == ui.S_ARMED and ev.session == 3
+
+
+def test_fault_during_armed_drops_case_with_error() -> None:
+    ev = ui.Evaluator()
+    ev.arm(4, 60000, 0)
+    n = ev.fault(ui.FAULT_JOURNAL_FULL, 5)
+    assert ev.state == ui.S_FAULT
+    assert ui.A_ERROR | (ui.E_JOURNAL_FULL << 8) in ev.actions[:n] and ev.err_ref == 4
+    ev.clear(ui.FAULT_JOURNAL_FULL, 6)
+    assert ev.state == ui.S_IDLE
+
+
+def test_ticks_wrap() -> None:
+    ev = ui.Evaluator()
+    start = ui.TICKS_PERIOD - 100
+    ev.arm(1, 1000, start)
+    ev.tick((start + 500) % ui.TICKS_PERIOD)
+    assert ev.state == ui.S_ARMED
+    ev.tick((start + 1000) % ui.TICKS_PERIOD)
+    assert ev.state == ui.S_IDLE
+
+
+def test_docs_table_matches_code() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "firmware.md").read_text("utf-8")
+    for line in ui.table_text():
+        assert line in doc, f"docs/firmware.md lacks table row: {line}"
+
+
+# -------------------------------------------------------------------- buttons
+
+
+def test_debounce_lockout_and_chord() -> None:
+    b = Buttons(debounce_ms=30, tech_hold_ms=3000)
+    assert b.update(0b1, 0) == 0b1  # felt at once
+    assert b.update(0b0, 5) == 0  # bounce
+    assert b.update(0b1, 8) == 0
+    assert b.bounces == 1  # the second edge matches the stable state
+    assert b.update(0b0, 40) == 0  # real release
+    assert b.update(0b1, 100) == 0b1  # next press
+    assert b.update(0b10001, 200) == 0  # second button while one is held: chord
+    assert not b.take_tech(3100)
+    assert b.take_tech(3200)
+    assert not b.take_tech(4000)  # once per hold
+
+
+# -------------------------------------------------------------------- journal
+
+
+def _journal(tmp_path: Path, cap: int = 8) -> Journal:
+    f = open(tmp_path / "j.bin", "w+b")  # noqa: SIM115
+    return Journal(f, cap, sync=lambda: None)
+
+
+def test_journal_real_file_roundtrip(tmp_path: Path) -> None:
+    j = _journal(tmp_path)
+    assert (tmp_path / "j.bin").stat().st_size == DATA_AT + 8 * REC_LEN
+    j.bump_boot()
+    for i in range(8):
+        assert j.append(5 - i % 5, 0, 1, 7, 1764000000 + i, 1000 * i, j.boot) == i + 1
+    assert j.full
+    with pytest.raises(JournalFull):
+        j.append(5, 0, 0, 0, 0, 0, 1)
+    j.ack(3, rx_last=0x10005)
+    j.append(1, 4, 0, 0, 0, 0, 1)  # seq 9 reuses slot of seq 1
+    j.f.close()
+    j2 = Journal(open(tmp_path / "j.bin", "r+b"), 8, sync=lambda: None)  # noqa: SIM115
+    assert (j2.head, j2.tail, j2.acked, j2.rx_last, j2.boot) == (10, 4, 3, 0x10005, 1)
+    assert j2.record(9) == (9, 1, 4, 0, 0, 0, 0, 1)
+    assert j2.record(4) == (4, 2, 0, 1, 7, 1764000003, 3000, 1)
+    assert j2.record(3) is None  # acked: not in the journal any more
+
+
+def test_journal_ack_beyond_head_is_clamped(tmp_path: Path) -> None:
+    j = _journal(tmp_path)
+    j.append(5, 0, 0, 0, 0, 0, 0)
+    assert j.ack(99)
+    assert j.acked == 1 and j.head == 2
+
+
+def test_journal_corrupt_meta_with_records_raises(tmp_path: Path) -> None:
+    j = _journal(tmp_path)
+    j.append(5, 0, 0, 0, 0, 0, 0)
+    j.f.seek(0)
+    j.f.write(bytes(64))
+    j.f.flush()
+    with pytest.raises(JournalError):
+        Journal(j.f, 8, sync=lambda: None)
+
+
+def test_capacity_per_mib() -> None:
+    assert capacity_for(1 << 20) == 43688
+
+
+# -------------------------------------------------------------------- session
+
+
+def test_link_table_rejects_unknown_event() -> None:
+    from haochaping.firmware import session as s
+
+    assert (s.L_DOWN, s.LE_ACK) not in {(a, b) for a, b, _ in LINK_TABLE}
+    sess = Session.__new__(Session)
+    sess.state = s.L_DOWN
+    with pytest.raises(LinkStateError):
+        sess._go(s.LE_ACK)
+
+
+def test_counter_exhausted_bumps_boot(tmp_path: Path) -> None:
+    from haochaping.protocol import messages as m
+    from haochaping.protocol.link import TERMINAL, Link
+
+    j = _journal(tmp_path)
+    boot = j.bump_boot()
+    link = Link(TERMINAL, sc.TID, sc.KEY, boot)
+    link._n = 0xFFFF - 1
+    sess = Session(link, j)
+    sess._send(m.Status())
+    sess._send(m.Status())  # the epoch runs out here
+    assert j.boot == boot + 1 and link.epoch == boot + 1
+    assert len(sess._take()) == 2

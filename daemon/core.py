@@ -156,6 +156,24 @@ class Core:
         self.counters: dict[str, int] = {}
         self.source_of: dict[str, int] = {}  # serial source -> terminal id it carries
 
+    def update_terminals(self, terminals: dict[int, TerminalRecord]) -> int:
+        """After a reload: add new terminals, take new windows and keys; return how many were added."""
+        added = 0
+        for tid, rec in terminals.items():
+            p = self.peers.get(tid)
+            if p is None:
+                self.peers[tid] = _Peer(rec)
+                added += 1
+            else:
+                p.window_no = rec.window_no
+                if p.up.key._key != rec.key:
+                    fresh = _Peer(rec)
+                    p.up, p.down = fresh.up, fresh.down
+        for tid in [t for t in self.peers if t not in terminals]:
+            del self.peers[tid]
+        self.by_window = {p.window_no: tid for tid, p in self.peers.items() if p.window_no}
+        return added
+
     # ------------------------------------------------------------ metrics
 
     def count(self, name: str, n: int = 1) -> None:

@@ -245,11 +245,20 @@ def _is_full(e: sqlite3.Error) -> bool:
 class Store:
     """One SQLite file.  Use from one thread at a time (the daemon's committer)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, max_pages: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, max_pages: int | None = None, readonly: bool = False
+    ) -> None:
         self.path = Path(path)
+        target = "file:%s?mode=ro" % self.path if readonly else str(self.path)
         self.conn = sqlite3.connect(
-            str(self.path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-        )
+            target, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000,
+            uri=readonly,
+        )  # fmt: skip
+        self.db = sqlite_utils.Database(self.conn)
+        self.lock = threading.Lock()
+        if readonly:
+            self._last_id, self._last_chain = 0, chain.GENESIS
+            return
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA foreign_keys=ON")
@@ -257,8 +266,6 @@ class Store:
             # The stand-in for a small disk in tests and a hard size cap in
             # production (docs/operations.md): past it, writes fail SQLITE_FULL.
             self.conn.execute("PRAGMA max_page_count=%d" % int(max_pages))
-        self.db = sqlite_utils.Database(self.conn)
-        self.lock = threading.Lock()
         self.migrate()
         row = self.conn.execute("SELECT id, chain FROM ratings ORDER BY id DESC LIMIT 1").fetchone()
         self._last_id: int = row[0] if row else 0
@@ -514,6 +521,22 @@ class Store:
                 "LEFT JOIN cases c ON c.id = r.case_id LEFT JOIN terminals t ON t.id = r.terminal_id "
                 "WHERE a.id > ? ORDER BY a.id LIMIT ?",
                 [since_id, limit],
+            )
+        )
+
+    def alerts_for(self, rating_ids: list[int]) -> list[dict[str, Any]]:
+        """Alert rows for these ratings, with the case and its encrypted contact."""
+        if not rating_ids:
+            return []
+        return list(
+            self.db.query(
+                "SELECT a.id, a.rating_id, r.terminal_id, r.level, r.reason, r.assess_ms, r.case_id, "
+                "c.case_no, c.item_code, c.item_name, c.dept_name, c.window_no, c.window_name, c.staff_id, "
+                "c.staff_name, c.service_ms, c.contact_enc, t.window_no AS terminal_window "
+                "FROM alerts a JOIN ratings r ON r.id = a.rating_id "
+                "LEFT JOIN cases c ON c.id = r.case_id LEFT JOIN terminals t ON t.id = r.terminal_id "
+                "WHERE a.rating_id IN (%s) ORDER BY a.id" % ", ".join("?" * len(rating_ids)),
+                list(rating_ids),
             )
         )
 

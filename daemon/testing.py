@@ -110,3 +110,367 @@ class FakeTerminal:
     @property
     def done(self) -> bool:
         return not self.journal
+
+
+# ---------------------------------------------------------------------------
+# Harness: a real Mosquitto, fake terminals over MQTT and over ptys, and the
+# daemon as a real process.  Used by tests/test_daemon_*.py and daemon/bench.py.
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import tty  # noqa: E402
+from collections.abc import Callable, Iterable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from haochaping.protocol import mqtt as topics  # noqa: E402
+from haochaping.protocol import serial as wire  # noqa: E402
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return int(port)
+
+
+class Mosquitto:
+    """A broker of our own on a free loopback port, persistence in ``workdir``."""
+
+    def __init__(self, binary: str, workdir: Path, port: int | None = None) -> None:
+        self.binary = binary
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text(
+            "listener %d 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            "persistence_location %s/\n"
+            "autosave_on_changes true\n"
+            "autosave_interval 1\n"
+            "max_queued_messages 1000000\n"
+            "max_inflight_messages 0\n"
+            "message_size_limit 4096\n"
+            "log_dest file %s/mosquitto.log\n" % (self.port, self.dir, self.dir)
+        )
+
+    def start(self) -> Mosquitto:
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("mosquitto exited: see %s" % (self.dir / "mosquitto.log")) from None
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not listen on %d" % self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def __enter__(self) -> Mosquitto:
+        return self.start()
+
+    def __exit__(self, *a: object) -> None:
+        self.stop()
+
+
+class Peer:
+    """A FakeTerminal plus the way to reach the daemon.  ``push`` sends frames;
+    down frames arrive on another thread and go through ``deliver``."""
+
+    def __init__(self, term: FakeTerminal) -> None:
+        self.term = term
+        self.lock = threading.Lock()
+        self.errors: list[str] = []
+        self.last_progress = time.monotonic()
+
+    def deliver(self, data: bytes) -> None:
+        with self.lock:
+            before = self.term.acked
+            try:
+                self.term.receive(data)
+            except AssertionError as e:
+                self.errors.append(str(e))
+            except Exception as e:  # noqa: BLE001 - a refused down frame is a test failure, recorded
+                self.errors.append("%s: %s" % (type(e).__name__, e))
+            if self.term.acked != before:
+                self.last_progress = time.monotonic()
+
+    def push(self, frames: Iterable[bytes]) -> None:
+        raise NotImplementedError
+
+    def send_new(self, per_frame: int = 1) -> None:
+        with self.lock:
+            frames = self.term.send_new(per_frame)
+        self.push(frames)
+
+    def resend(self) -> None:
+        with self.lock:
+            frames = self.term.resend()
+            self.last_progress = time.monotonic()
+        self.push(frames)
+
+    def hello(self) -> None:
+        with self.lock:
+            frames = [self.term.hello()]
+        self.push(frames)
+
+
+class MqttHub:
+    """One paho client carrying many fake terminals' topics."""
+
+    def __init__(self, port: int, prefix: str = topics.DEFAULT_PREFIX, client_id: str = "hcp-test-peers") -> None:
+        import paho.mqtt.client as mqtt
+
+        self.prefix = prefix
+        self.peers: dict[int, MqttPeer] = {}
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.c.max_inflight_messages_set(0)
+        self.c.max_queued_messages_set(0)
+        self.subscribed = threading.Event()
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("%s/t/+/down" % prefix, qos=1)
+        self.c.on_subscribe = lambda *a: self.subscribed.set()
+        self.c.on_message = self._on_message
+        self.c.connect("127.0.0.1", port, 30)
+        self.c.loop_start()
+        if not self.subscribed.wait(10):
+            raise RuntimeError("test peers could not subscribe")
+
+    def _on_message(self, c: Any, u: Any, m: Any) -> None:
+        parsed = topics.parse_topic(m.topic, self.prefix)
+        if parsed and parsed[0] in self.peers:
+            self.peers[parsed[0]].deliver(m.payload)
+
+    def add(self, term: FakeTerminal) -> MqttPeer:
+        p = MqttPeer(term, self)
+        self.peers[term.id] = p
+        return p
+
+    def publish(self, tid: int, frames: Iterable[bytes]) -> list[Any]:
+        topic = topics.up_topic(tid, self.prefix)
+        return [self.c.publish(topic, fr, qos=1) for fr in frames]
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+class MqttPeer(Peer):
+    def __init__(self, term: FakeTerminal, hub: MqttHub) -> None:
+        super().__init__(term)
+        self.hub = hub
+
+    def push(self, frames: Iterable[bytes]) -> None:
+        self.hub.publish(self.term.id, frames)
+
+
+class PtyPeer(Peer):
+    """A fake terminal on the master side of a pty; the daemon opens ``path``."""
+
+    def __init__(self, term: FakeTerminal, link_dir: Path | None = None) -> None:
+        super().__init__(term)
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        tty.setraw(self.master)
+        self.path = os.ttyname(self.slave)
+        if link_dir is not None:
+            # a stable name the daemon's glob matches (like /dev/serial/by-id)
+            link = Path(link_dir) / ("term-%08x" % term.id)
+            link.symlink_to(self.path)
+            self.path = str(link)
+        self.wlock = threading.Lock()
+        self.closed = False
+        self.dec = wire.Decoder()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while not self.closed:
+            try:
+                data = os.read(self.master, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            self.dec.receive_data(data)
+            while True:
+                try:
+                    fr = self.dec.next_event()
+                except Exception:  # noqa: BLE001 - counted as a test error
+                    self.errors.append("bad down chunk")
+                    continue
+                if fr is None:
+                    break
+                self.deliver(fr)
+
+    def write_raw(self, data: bytes) -> None:
+        with self.wlock:
+            os.write(self.master, data)
+
+    def push(self, frames: Iterable[bytes]) -> None:
+        self.write_raw(b"".join(wire.encode(f) for f in frames))
+
+    def close(self) -> None:
+        self.closed = True
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def drive(peers: list[Peer], timeout_s: float, ack_timeout_s: float = 2.0,
+          alive: Callable[[], bool] | None = None) -> bool:  # fmt: skip
+    """Resend like a terminal (HELLO + everything unacknowledged) whenever a
+    peer made no progress for ``ack_timeout_s``; True when every journal is empty."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pending = [p for p in peers if not p.term.done]
+        if not pending:
+            return True
+        now = time.monotonic()
+        if alive is None or alive():
+            for p in pending:
+                if now - p.last_progress > ack_timeout_s:
+                    p.resend()
+        time.sleep(0.05)
+    return all(p.term.done for p in peers)
+
+
+class NotifySocket:
+    """A real AF_UNIX datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages: list[dict[str, str]] = []
+
+    def wait_for(self, key: str, value: str | None = None, timeout: float = 20.0) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        for m in self.messages:
+            if key in m and (value is None or m[key] == value):
+                return m
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                break
+            m = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append(m)
+            if key in m and (value is None or m[key] == value):
+                return m
+        raise TimeoutError("no %s=%s from the daemon" % (key, value))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class DaemonProcess:
+    """``hcp daemon --config PATH`` as a real process, readiness via sd_notify."""
+
+    def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.dir = Path(workdir)
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.notify: NotifySocket | None = None
+        self.runs = 0
+
+    def start(self, wait: bool = True) -> DaemonProcess:
+        self.runs += 1
+        sock = self.dir / ("notify-%d.sock" % self.runs)
+        self.notify = NotifySocket(sock)
+        env = dict(os.environ)
+        env.update(self.env)
+        env["NOTIFY_SOCKET"] = str(sock)
+        self.log = open(self.dir / ("daemon-%d.log" % self.runs), "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "haochaping.cli", "daemon", "--config", str(self.config)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        if wait:
+            self.notify.wait_for("READY", "1")
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self._close()
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self._close()
+        return rc
+
+    def _close(self) -> None:
+        if self.notify is not None:
+            self.notify.close()
+            os.unlink(self.notify.path)
+            self.notify = None
+        self.log.close()
+
+    def output(self) -> str:
+        return "\n".join(p.read_text("utf-8", "replace") for p in sorted(self.dir.glob("daemon-*.log")))
+
+
+def write_config(path: Path, db: Path, transports: list[dict[str, Any]], api_port: int,
+                 tokens: dict[str, str] | None = None, extra: str = "") -> Path:  # fmt: skip
+    """A daemon config for tests (TOML written by hand: tomllib only reads)."""
+    lines = ["[store]", 'path = "%s"' % db, 'contact_key = "%s"' % (db.parent / "contact.key"), ""]
+    lines += ["[api]", 'listen = "127.0.0.1:%d"' % api_port]
+    if tokens:
+        tf = path.parent / "api-tokens"
+        tf.write_text("".join("%s %s\n" % (n, t) for n, t in tokens.items()))
+        lines.append('tokens_file = "%s"' % tf)
+    lines.append("")
+    for t in transports:
+        lines.append("[[transports]]")
+        for k, v in t.items():
+            lines.append("%s = %s" % (k, ('"%s"' % v) if isinstance(v, str) else v))
+        lines.append("")
+    path.write_text("\n".join(lines) + extra)
+    return path
+
+
+def provision(db: Path, terms: Iterable[FakeTerminal], windows: dict[int, str] | None = None) -> None:
+    from haochaping.daemon.store import Store
+
+    s = Store(db)
+    for t in terms:
+        s.add_terminal(t.id, t.key._key, (windows or {}).get(t.id), 0)
+    s.close()
+
+
+def make_key(tid: int, seed: int = 0) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(b"test-key:%d:%d" % (seed, tid)).digest()

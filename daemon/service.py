@@ -1,0 +1,373 @@
+"""The daemon's I/O shell: transports in, core, group commit, ACKs out.
+
+What it is for: run the hall unattended.  One asyncio loop owns the core;
+transports hand it frames through the Inbox; every pass of the ingest loop
+takes what has arrived (up to ``commit_max`` ratings), runs it through the
+core, commits the whole group in ONE SQLite transaction on the store's own
+thread, and only then sends the ACKs the core returns.  While a commit runs,
+the next group gathers: durability costs one fsync per group.
+
+What it must never do: send an ACK before ``Store.commit`` returned; drop a
+rating (on a full disk it stops acknowledging, raises the ``store_full``
+alarm and tells terminals to keep their journals); log a key or a contact.
+
+Signals: SIGTERM/SIGINT finish the commit in flight, stop the transports and
+exit 0 within STOP_BOUND_S; SIGHUP reloads the config (terminals, alert
+hooks, transports).  systemd: READY=1 when ingest runs, STATUS= with counts,
+WATCHDOG=1 from the ingest loop itself (a stuck loop stops the pings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from haochaping.daemon import config as config_mod
+from haochaping.daemon.core import Core, Session
+from haochaping.daemon.sdnotify import Notifier
+from haochaping.daemon.store import ContactCipher, Store, StoreError, StoreFull
+from haochaping.daemon.transport import Bad, Gone, Inbox, Received, Transport, open_transport, redact
+
+log = logging.getLogger("hcp.daemon")
+
+STOP_BOUND_S = 10  # SIGTERM to exit, worst case (a commit plus transport shutdown)
+TICK_S = 0.5  # housekeeping: supervise transports, watchdog, status
+STATUS_EVERY_S = 10
+REFUSAL_LOG_EVERY_MS = 60_000  # one refusals row per (source, reason) per minute
+SESSION_LOAD_MS = 7 * 24 * 3600 * 1000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _JournalFormatter(logging.Formatter):
+    """``<prio>logger: message``: journald reads the priority prefix and adds
+    its own timestamp."""
+
+    PRIO = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "<%d>%s: %s" % (self.PRIO.get(record.levelno, 6), record.name, record.getMessage())
+
+
+def setup_logging(level: str) -> None:
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(_JournalFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [h]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class Daemon:
+    def __init__(self, cfg: config_mod.Config, notifier: Notifier | None = None) -> None:
+        self.cfg = cfg
+        self.notifier = notifier or Notifier()
+        self.stopping = False
+        self.reload_requested = False
+        self.store_full = False
+        self.metrics: dict[str, float] = {
+            "commits": 0,
+            "commit_seconds": 0.0,
+            "commit_failures": 0,
+            "store_full_events": 0,
+            "send_failures": 0,
+            "reloads": 0,
+        }
+        self.routes: dict[str, Transport] = {}
+        self.transports: dict[str, Transport] = {}
+        self._refusal_seen: dict[tuple[str, str], int] = {}
+        self.started = asyncio.Event()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="store")
+        self.store: Store | None = None
+        self.reader: Store | None = None
+        self.core: Core | None = None
+        self.cipher: ContactCipher | None = None
+        self.inbox: Inbox | None = None
+        self.alerts: Any = None
+        self.api: Any = None
+
+    # ------------------------------------------------------------ setup
+
+    def _max_pages(self) -> int | None:
+        if self.cfg.max_db_mb is None:
+            return None
+        return self.cfg.max_db_mb * 1024 * 1024 // 4096
+
+    async def _on_store(self, fn: Any, *args: Any) -> Any:
+        """Run a store call on the store's one thread (all writes go there)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _open(self) -> None:
+        cfg = self.cfg
+        cfg.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.store = Store(cfg.db_path, max_pages=self._max_pages())
+        self.reader = Store(cfg.db_path, readonly=True)
+        self.cipher = ContactCipher(cfg.contact_key)
+        terms = self.store.start_terminals()
+        t = now_ms()
+        sessions = [
+            Session(tok, case, win or "", tid, armed, exp, cancelled is not None)
+            for tok, case, win, tid, armed, exp, cancelled in self.store.sessions_since(t - SESSION_LOAD_MS)
+        ]
+        self.core = Core(terms, sessions, cfg.terminal_settings)
+        log.info("store %s open: %d terminals, %d ratings", cfg.db_path, len(terms), self.store.count("ratings"))
+
+    def _start_transports(self) -> None:
+        assert self.inbox is not None
+        want = {t.url: t for t in self.cfg.transports}
+        for url in list(self.transports):
+            if url not in want:
+                log.info("transport %s removed", redact(url))
+                self.transports.pop(url).stop()
+        for url, tc in want.items():
+            if url not in self.transports:
+                tr = open_transport(url, self.inbox, tc.options)
+                tr.start()
+                self.transports[url] = tr
+                log.info("transport %s started", redact(url))
+
+    # ------------------------------------------------------------ run
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.inbox = Inbox(loop)
+        await self._on_store(self._open)
+        from haochaping.daemon.alerts import AlertHub
+        from haochaping.daemon.api import Api
+
+        self.alerts = AlertHub(self)
+        self.api = Api(self)
+        await self.api.start()
+        self._start_transports()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+            except (NotImplementedError, RuntimeError):
+                pass
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        except (NotImplementedError, RuntimeError):
+            pass
+        self.notifier.ready(self._status())
+        self.started.set()
+        log.info("ready: api on http://%s", self.api.address)
+        try:
+            await self._ingest()
+        finally:
+            await self._shutdown()
+        return 0
+
+    def request_stop(self) -> None:
+        self.stopping = True
+        if self.inbox is not None:
+            self.inbox._wake.set()
+
+    def request_reload(self) -> None:
+        self.reload_requested = True
+        if self.inbox is not None:
+            self.inbox._wake.set()
+
+    async def _shutdown(self) -> None:
+        self.notifier.stopping()
+        for tr in self.transports.values():
+            tr.stop()
+        if self.api is not None:
+            await self.api.stop()
+        if self.alerts is not None:
+            await self.alerts.close()
+        if self.store is not None:
+            await self._on_store(self.store.close)
+        if self.reader is not None:
+            self.reader.close()
+        self.executor.shutdown(wait=True)
+        log.info("stopped")
+
+    async def _ingest(self) -> None:
+        assert self.inbox is not None and self.core is not None
+        last_tick = 0.0
+        last_status = time.monotonic()
+        while not self.stopping:
+            events = await self.inbox.get(TICK_S, self.cfg.commit_max)
+            await self._process(events)
+            mono = time.monotonic()
+            if mono - last_tick >= TICK_S:
+                last_tick = mono
+                for tr in list(self.transports.values()):
+                    tr.supervise()
+                if self.notifier.watchdog_s is not None:
+                    self.notifier.watchdog()
+                if mono - last_status >= STATUS_EVERY_S:
+                    last_status = mono
+                    self.notifier.status(self._status())
+            if self.reload_requested:
+                self.reload_requested = False
+                await self._reload()
+
+    async def _process(self, events: list[Any]) -> None:
+        core = self.core
+        assert core is not None and self.store is not None
+        t = now_ms()
+        rows = []
+        refusals = []
+        for ev in events:
+            if isinstance(ev, Received):
+                self.routes[ev.source] = ev.transport
+                if ev.source.startswith("mqtt:"):
+                    # an MQTT source is the terminal its topic names
+                    core.source_of.setdefault(ev.source, int(ev.source[5:], 16))
+                out = core.receive(ev.source, ev.data, t, ev.bound)
+                if out.refused:
+                    self._refusal(refusals, t, ev.source, out.terminal_id, out.refused)
+                rows.extend(out.store)
+                self._send(out.send)
+            elif isinstance(ev, Bad):
+                core.count("refused_" + ev.reason)
+                self._refusal(refusals, t, ev.source, None, ev.reason)
+            elif isinstance(ev, Gone):
+                core.drop_source(ev.source)
+                self.routes.pop(ev.source, None)
+        upd, boots = core.take_updates()
+        if not (rows or upd or boots or refusals):
+            return
+        t0 = time.perf_counter()
+        try:
+            stored = await self._on_store(self.store.commit, rows, t, upd, boots, refusals)
+        except StoreFull:
+            core.restore_updates(upd, boots)
+            self.metrics["store_full_events"] += 1
+            if not self.store_full:
+                log.error("STORE FULL: not acknowledging; terminals keep their ratings (see docs/operations.md)")
+                self.notifier.status("ALARM: store full, not acknowledging")
+            self.store_full = True
+            self._send(core.failed(rows))
+            return
+        except StoreError as e:
+            core.restore_updates(upd, boots)
+            self.metrics["commit_failures"] += 1
+            log.error("commit failed, not acknowledging: %s", e)
+            self._send(core.failed(rows))
+            return
+        if self.store_full:
+            log.warning("store writable again; acknowledging")
+            self.store_full = False
+        self.metrics["commits"] += 1
+        self.metrics["commit_seconds"] += time.perf_counter() - t0
+        self._send(core.committed(stored, now_ms()))
+        bad = [s.id for s in stored if s.id is not None and s.rating.level <= 2]
+        if bad and self.alerts is not None:
+            self.alerts.fire(bad)
+
+    def _refusal(self, out: list[Any], t: int, source: str, tid: int | None, reason: str) -> None:
+        key = (source, reason)
+        if t - self._refusal_seen.get(key, -REFUSAL_LOG_EVERY_MS) >= REFUSAL_LOG_EVERY_MS:
+            self._refusal_seen[key] = t
+            out.append((t, source, tid, reason))
+            log.warning("refused from %s: %s%s", source, reason, "" if tid is None else " (terminal %08x)" % tid)
+
+    def _send(self, frames: list[tuple[int, bytes]]) -> None:
+        core = self.core
+        assert core is not None
+        for tid, fr in frames:
+            src = core.source(tid)
+            tr = self.routes.get(src) if src else None
+            if tr is None or not tr.send(src or "", tid, fr):
+                self.metrics["send_failures"] += 1
+
+    async def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            cfg = config_mod.load(self.cfg.path)
+        except config_mod.ConfigError as e:
+            log.error("reload refused, keeping the running config: %s", e)
+            self.notifier.ready(self._status())
+            return
+        self.cfg = cfg
+        assert self.store is not None and self.core is not None
+        terms = await self._on_store(self.store.start_terminals)
+        added = self.core.update_terminals(terms)
+        self.core.config = list(cfg.terminal_settings)
+        self._start_transports()
+        if self.alerts is not None:
+            self.alerts.reconfigure()
+        self.metrics["reloads"] += 1
+        log.info("config reloaded: %d new terminals", added)
+        self.notifier.ready(self._status())
+
+    # ------------------------------------------------------------ views
+
+    def _status(self) -> str:
+        c = self.core.counters if self.core else {}
+        return "ratings stored %d, duplicates %d, refused %d%s" % (
+            c.get("ratings_stored", 0),
+            c.get("ratings_duplicate", 0),
+            sum(v for k, v in c.items() if k.startswith("refused_")),
+            ", ALARM store full" if self.store_full else "",
+        )
+
+    def metrics_text(self) -> str:
+        """Prometheus text exposition format 0.0.4."""
+        core = self.core
+        assert core is not None
+        lines = []
+
+        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+            lines.append("# HELP %s %s" % (name, help_))
+            lines.append("# TYPE %s %s" % (name, kind))
+            for labels, v in samples:
+                lines.append("%s%s %s" % (name, labels, repr(float(v)) if isinstance(v, float) else int(v)))
+
+        c = core.counters
+        metric("hcp_frames_received_total", "counter", "Frames received from terminals.", [("", c.get("frames_in", 0))])
+        metric("hcp_frames_refused_total", "counter", "Frames or chunks refused, by reason.",
+               [('{reason="%s"}' % k[8:], v) for k, v in sorted(c.items()) if k.startswith("refused_")])  # fmt: skip
+        metric("hcp_ratings_stored_total", "counter", "Ratings committed (new).", [("", c.get("ratings_stored", 0))])
+        metric("hcp_ratings_duplicate_total", "counter", "Ratings received again and already stored.",
+               [("", c.get("ratings_duplicate", 0))])  # fmt: skip
+        metric("hcp_acks_sent_total", "counter", "ACK frames sent after a commit.", [("", c.get("acks_sent", 0))])
+        metric("hcp_time_drift_total", "counter", "TIME sent because a terminal clock drifted.",
+               [("", c.get("time_drift", 0))])  # fmt: skip
+        metric("hcp_commits_total", "counter", "Group commits.", [("", self.metrics["commits"])])
+        metric("hcp_commit_seconds_total", "counter", "Time spent in group commits.",
+               [("", float(self.metrics["commit_seconds"]))])  # fmt: skip
+        metric("hcp_commit_failures_total", "counter", "Commits that failed (nothing acknowledged).",
+               [("", self.metrics["commit_failures"] + self.metrics["store_full_events"])])  # fmt: skip
+        metric("hcp_store_full", "gauge", "1 while the store is full and ratings are not acknowledged.",
+               [("", 1 if self.store_full else 0)])  # fmt: skip
+        metric("hcp_send_failures_total", "counter", "Down frames that could not be handed to a transport.",
+               [("", self.metrics["send_failures"])])  # fmt: skip
+        t = now_ms()
+        metric("hcp_terminals", "gauge", "Provisioned terminals.", [("", len(core.peers))])
+        metric("hcp_terminals_online", "gauge", "Terminals heard from recently.",
+               [("", sum(1 for tid in core.peers if core.online(tid, t)))])  # fmt: skip
+        metric("hcp_inbox_depth", "gauge", "Events waiting for the core.", [("", len(self.inbox or ()))])
+        metric("hcp_alerts_fired_total", "counter", "差评 alerts fired.",
+               [("", self.alerts.fired if self.alerts else 0)])  # fmt: skip
+        metric("hcp_alert_hook_failures_total", "counter", "Alert deliveries given up after retries.",
+               [("", self.alerts.failures if self.alerts else 0)])  # fmt: skip
+        metric("hcp_config_reloads_total", "counter", "SIGHUP reloads applied.", [("", self.metrics["reloads"])])
+        return "\n".join(lines) + "\n"
+
+
+def main(config_path: str) -> int:
+    """``hcp daemon --config PATH``: run in the foreground until SIGTERM."""
+    cfg = config_mod.load(config_path)
+    setup_logging(cfg.log_level)
+    os.umask(0o077)
+    d = Daemon(cfg)
+    return asyncio.run(d.run())
+
+
+def fresh_token() -> int:
+    while True:
+        t = secrets.randbits(32)
+        if t:
+            return t

@@ -1,0 +1,164 @@
+"""MQTT transport: paho-mqtt 2.x (CallbackAPIVersion.VERSION2), MQTT v5.
+
+``mqtt://host:1883?prefix=hcp`` or ``mqtts://host:8883`` (TLS).  Options:
+client_id, username, password (read from password_file by the config
+loader), ca_file, cert_file, key_file, session_expiry_s, keepalive_s.
+
+QoS 1 both ways and a persistent session (clean_start False plus a session
+expiry interval), so frames terminals publish while the daemon restarts wait
+in the broker.  Callbacks only enqueue.  paho's network loop runs in one
+thread that a supervisor restarts if it ever dies; reconnects back off from
+BACKOFF_MIN_S to BACKOFF_MAX_S.  A PUBACK is no acknowledgement of a rating:
+only the protocol ACK after the commit is.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from haochaping.daemon.transport import BACKOFF_MAX_S, Bad, Inbox, Received
+from haochaping.protocol import mqtt as topics
+
+log = logging.getLogger("hcp.mqtt")
+
+SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our queue this long while we are away
+KEEPALIVE_S = 30
+RECONNECT_MIN_S = 1
+MAX_INFLIGHT = 200
+
+
+class MqttTransport:
+    def __init__(self, url: str, inbox: Inbox, options: dict[str, Any]) -> None:
+        u = urlsplit(url)
+        q = {k: v[0] for k, v in parse_qs(u.query).items()}
+        self.url = url
+        self.host = u.hostname or "127.0.0.1"
+        self.tls = u.scheme == "mqtts"
+        self.port = u.port or (8883 if self.tls else 1883)
+        self.prefix = q.get("prefix", options.get("prefix", topics.DEFAULT_PREFIX))
+        self.client_id = q.get("client_id", options.get("client_id", "hcp-daemon"))
+        self.options = options
+        self.inbox = inbox
+        self.filter = topics.up_filter(self.prefix)
+        self.connected = False
+        self.connects = 0
+        self.loop_restarts = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
+        )
+        c.max_inflight_messages_set(MAX_INFLIGHT)
+        c.max_queued_messages_set(0)
+        c.reconnect_delay_set(RECONNECT_MIN_S, int(BACKOFF_MAX_S))
+        o = self.options
+        if o.get("username"):
+            c.username_pw_set(o["username"], o.get("password"))
+        if self.tls:
+            c.tls_set(
+                ca_certs=o.get("ca_file"),
+                certfile=o.get("cert_file"),
+                keyfile=o.get("key_file"),
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        return c
+
+    # callbacks: enqueue or note state, nothing else
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            log.warning("broker refused the connection: %s", rc)
+            return
+        self.connected = True
+        self.connects += 1
+        client.subscribe(self.filter, qos=1)
+        log.info("connected to broker %s:%d (session present: %s)", self.host, self.port, flags.session_present)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self.connected = False
+        if not self._stop.is_set():
+            log.warning("broker connection lost: %s", rc)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, m: mqtt.MQTTMessage) -> None:
+        parsed = topics.parse_topic(m.topic, self.prefix)
+        if parsed is None or parsed[1] != "up":
+            self.inbox.put(Bad("mqtt", "wrong_source"))
+            return
+        self.inbox.put(Received("mqtt:%08x" % parsed[0], m.payload, True, self))
+
+    # the loop, supervised
+
+    def _run(self) -> None:
+        delay = RECONNECT_MIN_S
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = int(self.options.get("session_expiry_s", SESSION_EXPIRY_S))
+        first = True
+        while not self._stop.is_set():
+            try:
+                if first:
+                    self.client.connect(
+                        self.host, self.port, int(self.options.get("keepalive_s", KEEPALIVE_S)),
+                        clean_start=False, properties=props,
+                    )  # fmt: skip
+                    first = False
+                self.client.loop_forever(retry_first_connection=True)
+                if self._stop.is_set():
+                    return
+            except Exception as e:  # noqa: BLE001 - any failure: back off and go again
+                self.connected = False
+                log.warning("MQTT loop stopped (%s); retrying in %.0f s", type(e).__name__, delay)
+                self._stop.wait(delay)
+                delay = min(BACKOFF_MAX_S, delay * 2)
+                try:
+                    if first:
+                        continue
+                    self.client.reconnect()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._thread.start()
+
+    def supervise(self) -> None:
+        if self._thread is not None and not self._thread.is_alive() and not self._stop.is_set():
+            self.loop_restarts += 1
+            log.warning("MQTT loop thread died; restarting it")
+            self.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self.client.disconnect()
+        except Exception:  # noqa: BLE001
+            pass
+        if self._thread is not None:
+            self._thread.join(3)
+
+    def send(self, source: str, terminal_id: int, frame: bytes) -> bool:
+        info = self.client.publish(topics.down_topic(terminal_id, self.prefix), frame, qos=1)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        return self.client.publish(topic, payload, qos=1).rc == mqtt.MQTT_ERR_SUCCESS
+
+    def health(self) -> dict[str, Any]:
+        return {"url": self.url, "connected": self.connected, "connects": self.connects,
+                "loop_restarts": self.loop_restarts}  # fmt: skip
+
+

@@ -1,0 +1,313 @@
+"""Uplink batches: national-format records, signing, hashing and verification.
+
+Sans-IO: functions take rows (mappings with the column names of the shared
+SQLite contract), configuration and the current time as arguments; nothing
+here opens a file or a socket or reads a clock.
+
+A batch document is ``{"header": {...}, "records": [...], "signature": "..."}``
+(see docs/uplink.md).  The signed bytes are the RFC 8785 form of ``{"header",
+"records"}``; the batch hash (the next batch's ``prevBatchHash``) is the
+SHA-256 of those bytes; the wire body is the RFC 8785 form of the whole
+document, built once and stored, so every resend is byte-identical.
+
+Never: guess a case for a rating that has none, send the applicant's contact,
+or sign a record whose local chain value does not recompute.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from haochaping.daemon import chain, keys
+from haochaping.daemon.uplink import canonical, schema
+
+GENESIS_HASH = "0" * 64  # prevBatchHash of a hall's first batch
+TZ_OFFSET_MS = 8 * 3600 * 1000  # Asia/Shanghai is UTC+8 all year (no DST since 1991)
+BAD_MAX = 2  # 差评 = satisfaction <= 2
+
+# Protocol RATING flag bits (protocol/messages.py) and the names records carry.
+FLAG_NAMES = (
+    (0x02, "reason_timeout"),
+    (0x04, "no_case"),
+    (0x08, "rapid"),
+    (0x10, "repeated"),
+)
+CLOCK_CLAMPED = "clock_clamped"
+DEFAULT_REASON = "default_reason"
+NATIONAL_TEXT = (
+    ("projectNo", "case_no"),
+    ("taskCode", "item_code"),
+    ("taskHandleItem", "handle_item"),
+    ("taskName", "item_name"),
+    ("deptCode", "dept_code"),
+    ("areaCode", "area_code"),
+    ("proDepart", "dept_name"),
+    ("winNo", "window_no"),
+    ("winName", "window_name"),
+)
+
+
+class BatchError(ValueError):
+    """A batch that does not verify; ``code`` is a short machine-readable reason."""
+
+    def __init__(self, code: str, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+
+
+@dataclass
+class RecordConfig:
+    """How local ratings become national records (a provincial profile may change it)."""
+
+    pf: str = "5"  # 评价渠道: 5 政务大厅其他终端 (national code table); some provinces use 4
+    # A 差评 from the terminal without a reason gets these (provinces refuse a 差评
+    # with neither evalDetail nor writingEvaluation).  At least one must be non-empty.
+    default_eval_detail: str = ""
+    default_writing: str = "评价人未选择具体原因（评价器按键评价）"
+    # terminal reason code (1..31) -> the province's evalDetail code; unmapped codes pass as digits
+    reason_codes: dict[int, str] = field(default_factory=dict)
+    send_staff_name: bool = True  # proManager (staff, not the rater)
+    send_service_number: bool = False  # queue ticket numbers can identify a person
+
+    def check(self) -> None:
+        if not (self.default_eval_detail or self.default_writing):
+            raise ValueError("a 差评 needs a default evalDetail or writingEvaluation")
+        if not (self.pf.isdigit() and 1 <= len(self.pf) <= 2):
+            raise ValueError("pf must be a one- or two-digit channel code")
+
+
+def format_time(utc_ms: int) -> str:
+    """UTC milliseconds as 'yyyy-MM-dd HH:mm:ss' in Asia/Shanghai (fixed UTC+8)."""
+    import datetime as _dt
+
+    t = _dt.datetime(1970, 1, 1) + _dt.timedelta(milliseconds=utc_ms + TZ_OFFSET_MS)
+    return t.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def build_record(
+    rating: Mapping[str, Any],
+    case: Mapping[str, Any] | None,
+    extra_flags: Iterable[str],
+    cfg: RecordConfig,
+) -> dict[str, Any]:
+    """One national-format record for a stored rating and its bound case."""
+    level = int(rating["level"])
+    reason = int(rating["reason"] or 0)
+    bits = int(rating["flags"] or 0)
+    flags = {name for bit, name in FLAG_NAMES if bits & bit}
+    flags.update(f for f in extra_flags if f)
+    assess_ms = rating["assess_ms"]
+    if assess_ms is None:
+        assess_ms = rating["received_ms"]
+    service_ms = case["service_ms"] if case is not None else None
+    if service_ms is not None and assess_ms < service_ms:
+        # The terminal's clock (or the case system's) is off: a province refuses an
+        # evaluation timed before its service record, so clamp and say so.
+        assess_ms = service_ms
+        flags.add(CLOCK_CLAMPED)
+    eval_detail = ""
+    writing = ""
+    if level <= BAD_MAX:
+        if reason:
+            eval_detail = cfg.reason_codes.get(reason, str(reason))
+        else:
+            eval_detail = cfg.default_eval_detail
+            writing = cfg.default_writing
+            flags.add(DEFAULT_REASON)
+    rec: dict[str, Any] = {}
+    for out, col in NATIONAL_TEXT:
+        rec[out] = case[col] if case is not None else None
+    rec["proManager"] = case["staff_name"] if case is not None and cfg.send_staff_name else None
+    rec["serviceNumber"] = (
+        case["service_number"] if case is not None and cfg.send_service_number else None
+    )
+    rec.update(
+        pf=cfg.pf,
+        satisfaction=str(level),
+        evalDetail=eval_detail,
+        writingEvaluation=writing,
+        assessTime=format_time(int(assess_ms)),
+        assessNumber=1,
+        serviceTime=format_time(int(service_ms)) if service_ms is not None else None,
+        terminalId="{:08x}".format(int(rating["terminal_id"])),
+        seq=int(rating["seq"]),
+        flags=sorted(flags)[: schema.FLAGS_MAX],
+        timeQuality=rating["time_quality"],
+        ratingId=int(rating["id"]),
+        chain=bytes(rating["chain"]).hex(),
+        origin={f: (None if rating[f] is None else int(rating[f])) for f in chain.FIELDS},
+    )
+    return rec
+
+
+def signing_bytes(header: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> bytes:
+    return canonical.dumps({"header": header, "records": records})
+
+
+def batch_hash(header: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> str:
+    return hashlib.sha256(signing_bytes(header, records)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Built:
+    """A signed batch as stored in the outbox and sent."""
+
+    seq: int
+    batch_id: str
+    hash: str
+    body: bytes  # canonical bytes of the whole document, sent as is
+    first_id: int
+    last_id: int
+    count: int
+    chain_end: str
+    key_id: str
+
+
+def check_chain(prev: bytes, rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """Recompute the local chain over ``rows``; raise on the first stored value that is wrong."""
+    for r in rows:
+        want = chain.next_hash(prev, r)
+        if bytes(r["chain"]) != want:
+            raise BatchError("chain", f"rating id {r['id']}: stored chain value does not recompute")
+        prev = want
+    return prev
+
+
+def build(
+    *,
+    hall_id: str,
+    seq: int,
+    prev_hash: str,
+    chain_prev: bytes,
+    rows: Sequence[Mapping[str, Any]],
+    cases: Mapping[int, Mapping[str, Any]],
+    flags: Mapping[int, Sequence[str]],
+    key: Ed25519PrivateKey,
+    now_ms: int,
+    cfg: RecordConfig,
+    batch_id: str | None = None,
+) -> Built:
+    """Sign one batch over ``rows`` (in id order, chain-checked first)."""
+    if not rows:
+        raise ValueError("a batch holds at least one rating")
+    if len(rows) > schema.MAX_RECORDS:
+        raise ValueError(f"at most {schema.MAX_RECORDS} ratings per batch")
+    end = check_chain(chain_prev, rows)
+    records = [
+        build_record(
+            r,
+            cases.get(r["case_id"]) if r["case_id"] is not None else None,
+            flags.get(r["id"], ()),
+            cfg,
+        )
+        for r in rows
+    ]
+    kid = keys.key_id(key.public_key())
+    header = {
+        "format": schema.FORMAT,
+        "hallId": hall_id,
+        "batchSeq": seq,
+        "batchId": batch_id or str(uuid.uuid4()),
+        "createdMs": now_ms,
+        "prevBatchHash": prev_hash,
+        "chainPrev": chain_prev.hex(),
+        "recordCount": len(records),
+        "keyId": kid,
+    }
+    signed = signing_bytes(header, records)
+    sig = base64.b64encode(key.sign(signed)).decode()
+    body = canonical.dumps({"header": header, "records": records, "signature": sig})
+    return Built(
+        seq=seq,
+        batch_id=header["batchId"],
+        hash=hashlib.sha256(signed).hexdigest(),
+        body=body,
+        first_id=int(rows[0]["id"]),
+        last_id=int(rows[-1]["id"]),
+        count=len(records),
+        chain_end=end.hex(),
+        key_id=kid,
+    )
+
+
+@dataclass(frozen=True)
+class Verified:
+    doc: dict[str, Any]
+    hash: str
+
+    @property
+    def header(self) -> dict[str, Any]:
+        return self.doc["header"]  # type: ignore[no-any-return]
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.doc["records"]  # type: ignore[no-any-return]
+
+    @property
+    def chain_end(self) -> str:
+        return self.records[-1]["chain"]  # type: ignore[no-any-return]
+
+
+def parse(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BatchError("json", f"not JSON: {e}") from e
+    try:
+        schema.validate(doc)
+    except schema.SchemaError as e:
+        raise BatchError("schema", str(e)) from e
+    return doc  # type: ignore[no-any-return]
+
+
+def verify(body: bytes, keyring: keys.Keyring) -> Verified:
+    """Schema, record count, signature, in-batch chain and record rules of one batch.
+
+    Continuity with the previous batch (prevBatchHash, chainPrev) needs state
+    and is the caller's check.
+    """
+    doc = parse(body)
+    h, recs = doc["header"], doc["records"]
+    if h["recordCount"] != len(recs):
+        raise BatchError("count", f"recordCount {h['recordCount']} but {len(recs)} records")
+    if h["keyId"] not in keyring:
+        raise BatchError("key", "unknown signing key {}".format(h["keyId"]))
+    signed = signing_bytes(h, recs)
+    if not keyring.verify(h["keyId"], base64.b64decode(doc["signature"]), signed):
+        raise BatchError("signature", "signature does not verify")
+    prev = bytes.fromhex(h["chainPrev"])
+    seen: set[tuple[str, int]] = set()
+    last_id = 0
+    for i, r in enumerate(recs):
+        o = r["origin"]
+        if None in (o["id"], o["terminal_id"], o["seq"], o["level"], o["received_ms"]):
+            raise BatchError("record", f"records[{i}]: origin lacks a required value")
+        if (
+            o["id"] != r["ratingId"]
+            or "{:08x}".format(o["terminal_id"]) != r["terminalId"]
+            or o["seq"] != r["seq"]
+            or str(o["level"]) != r["satisfaction"]
+        ):
+            raise BatchError("record", f"records[{i}]: origin disagrees with the record")
+        if r["ratingId"] <= last_id:
+            raise BatchError("order", f"records[{i}]: rating ids must increase")
+        last_id = r["ratingId"]
+        key = (r["terminalId"], r["seq"])
+        if key in seen:
+            raise BatchError("duplicate", f"records[{i}]: 评价数据不可重复 ({key[0]}, {key[1]})")
+        seen.add(key)
+        prev = chain.next_hash(prev, o)
+        if prev.hex() != r["chain"]:
+            raise BatchError("chain", f"records[{i}]: chain value does not recompute")
+        if int(r["satisfaction"]) <= BAD_MAX and not (r["evalDetail"] or r["writingEvaluation"]):
+            raise BatchError("bad_no_reason", f"records[{i}]: 差评 without evalDetail or text")
+        if r["serviceTime"] is not None and r["assessTime"] < r["serviceTime"]:
+            raise BatchError("time", f"records[{i}]: assessTime before serviceTime")
+    return Verified(doc, hashlib.sha256(signed).hexdigest())

@@ -1,0 +1,69 @@
+"""RFC 8785 (JSON Canonicalization Scheme) for the value domain of uplink batches.
+
+Batches hold only objects with ASCII keys, arrays, strings, integers in the
+IEEE-754 safe range, booleans and null.  In that domain RFC 8785 equals
+``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``:
+
+* member order: RFC 8785 sorts keys by UTF-16 code units; for ASCII keys that
+  is the same order as Python's code-point sort;
+* strings: both escape only ``"`` ``\\`` and U+0000..U+001F (``\\b \\f \\n \\r
+  \\t`` as short escapes, the rest as lower-case ``\\u00xx``) and write every
+  other character literally, UTF-8 encoded;
+* integers: both write the shortest decimal form, which is what ECMAScript's
+  Number serialisation gives for integers below 2**53.
+
+So instead of a new dependency (the ``rfc8785`` package is pure Python and 5x
+slower on a 200-record batch) this module checks that a value stays inside the
+domain and then uses the C-accelerated encoder.  Floats, big integers,
+non-ASCII or non-string keys and lone surrogates raise CanonicalError; they
+never reach a signature.  The tests cross-check against RFC 8785 vectors and
+the reference ``rfc8785`` implementation.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+SAFE_INT = 2**53 - 1  # largest integer RFC 8785 (IEEE-754 double) keeps exactly
+MAX_DEPTH = 16  # nesting limit: batches are 4 deep
+
+
+class CanonicalError(ValueError):
+    """A value outside the documented canonical domain."""
+
+
+def _check(v: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise CanonicalError(f"nested deeper than {MAX_DEPTH}")
+    if v is None or v is True or v is False:
+        return
+    if isinstance(v, int):
+        if not -SAFE_INT <= v <= SAFE_INT:
+            raise CanonicalError(f"integer outside the safe range: {v}")
+        return
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise CanonicalError("string with a lone surrogate") from e
+        return
+    if isinstance(v, list | tuple):
+        for x in v:
+            _check(x, depth + 1)
+        return
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if not isinstance(k, str) or not k.isascii():
+                raise CanonicalError(f"object keys must be ASCII strings: {k!r}")
+            _check(x, depth + 1)
+        return
+    raise CanonicalError(f"type not allowed in a batch: {type(v).__name__}")
+
+
+def dumps(value: Any) -> bytes:
+    """The RFC 8785 canonical UTF-8 bytes of ``value``."""
+    _check(value, 0)
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")

@@ -1,0 +1,260 @@
+"""The uplink's outbox: signed batches stored in the hall's SQLite file.
+
+The uplink owns two tables in the daemon's database (created here with
+``CREATE TABLE IF NOT EXISTS``; the daemon's own tables are only read):
+
+``uplink_batches``  one row per signed batch: its header values, the exact
+                    body bytes to send, delivery state ('pending', 'acked',
+                    'spooled'), attempts, last error and the province's ack.
+``uplink_meta``     key/value: the hall id the outbox is bound to, alarms.
+
+A batch is cut in one IMMEDIATE transaction (read the next ratings by
+``id > last batched id``, sign, insert), so after any crash either the whole
+batch exists, signed, or nothing does; a batch that exists is resent byte for
+byte.  Rows of ``ratings`` are never written.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from haochaping.daemon import chain
+from haochaping.daemon.uplink import batch as batchmod
+
+BUSY_TIMEOUT_MS = 10_000  # wait this long for the daemon's write lock
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS uplink_batches (
+    seq INTEGER PRIMARY KEY,
+    batch_id TEXT NOT NULL UNIQUE,
+    hash TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    first_rating_id INTEGER NOT NULL,
+    last_rating_id INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    chain_end TEXT NOT NULL,
+    body BLOB NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'acked', 'spooled')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    acked_ms INTEGER,
+    ack TEXT
+);
+CREATE INDEX IF NOT EXISTS uplink_batches_pending ON uplink_batches(state, seq);
+CREATE TABLE IF NOT EXISTS uplink_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class OutboxError(Exception):
+    """The outbox cannot proceed (bound to another hall, broken local chain, ...)."""
+
+
+@dataclass(frozen=True)
+class Pending:
+    seq: int
+    batch_id: str
+    body: bytes
+    attempts: int
+    count: int
+
+
+def connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+class Outbox:
+    def __init__(self, conn: sqlite3.Connection, hall_id: str) -> None:
+        self.conn = conn
+        self.hall_id = hall_id
+        with self._tx():
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            row = conn.execute("SELECT value FROM uplink_meta WHERE key='hall_id'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO uplink_meta VALUES ('hall_id', ?)", (hall_id,))
+            elif row[0] != hall_id:
+                raise OutboxError(
+                    f"this database's outbox belongs to hall {row[0]!r}, not {hall_id!r}"
+                )
+
+    @contextmanager
+    def _tx(self, mode: str = "IMMEDIATE") -> Iterator[None]:
+        self.conn.execute("BEGIN " + mode)
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- cutting -----------------------------------------------------------
+
+    def _last(self) -> tuple[int, str, int, bytes | None]:
+        row = self.conn.execute(
+            "SELECT seq, hash, last_rating_id, chain_end FROM uplink_batches"
+            " ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return 0, batchmod.GENESIS_HASH, 0, None
+        return row[0], row[1], row[2], bytes.fromhex(row[3])
+
+    def last_batched_id(self) -> int:
+        return self._last()[2]
+
+    def unbatched(self) -> tuple[int, int | None]:
+        """(number of ratings not yet in a batch, received_ms of the oldest of them)."""
+        last = self.last_batched_id()
+        n, oldest = self.conn.execute(
+            "SELECT count(*), min(received_ms) FROM ratings WHERE id > ?", (last,)
+        ).fetchone()
+        return n, oldest
+
+    def cut(
+        self,
+        *,
+        key: Ed25519PrivateKey,
+        cfg: batchmod.RecordConfig,
+        now_ms: int,
+        max_records: int,
+        force: bool,
+    ) -> batchmod.Built | None:
+        """Sign and store the next batch: ``max_records`` ratings, or fewer if ``force``."""
+        with self._tx():
+            seq, prev_hash, last_id, chain_prev = self._last()
+            rows = self.conn.execute(
+                "SELECT * FROM ratings WHERE id > ? ORDER BY id LIMIT ?", (last_id, max_records)
+            ).fetchall()
+            if not rows or (len(rows) < max_records and not force):
+                return None
+            if chain_prev is None:
+                before = self.conn.execute(
+                    "SELECT chain FROM ratings WHERE id < ? ORDER BY id DESC LIMIT 1",
+                    (rows[0]["id"],),
+                ).fetchone()
+                chain_prev = bytes(before[0]) if before is not None else chain.GENESIS
+            case_ids = sorted({r["case_id"] for r in rows if r["case_id"] is not None})
+            cases: dict[int, Any] = {}
+            for i in range(0, len(case_ids), 500):
+                part = case_ids[i : i + 500]
+                q = "SELECT * FROM cases WHERE id IN ({})".format(",".join("?" * len(part)))
+                for c in self.conn.execute(q, part):
+                    cases[c["id"]] = c
+            flags: dict[int, list[str]] = {}
+            for rid, value in self.conn.execute(
+                "SELECT rating_id, value FROM annotations WHERE kind = 'flag'"
+                " AND rating_id BETWEEN ? AND ? ORDER BY id",
+                (rows[0]["id"], rows[-1]["id"]),
+            ):
+                flags.setdefault(rid, []).append(value)
+            try:
+                built = batchmod.build(
+                    hall_id=self.hall_id,
+                    seq=seq + 1,
+                    prev_hash=prev_hash,
+                    chain_prev=chain_prev,
+                    rows=rows,
+                    cases=cases,
+                    flags=flags,
+                    key=key,
+                    now_ms=now_ms,
+                    cfg=cfg,
+                )
+            except batchmod.BatchError as e:
+                raise OutboxError(f"refusing to sign: {e} (run `hcp audit verify`)") from e
+            self.conn.execute(
+                "INSERT INTO uplink_batches (seq, batch_id, hash, key_id, created_ms,"
+                " first_rating_id, last_rating_id, count, chain_end, body)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    built.seq,
+                    built.batch_id,
+                    built.hash,
+                    built.key_id,
+                    now_ms,
+                    built.first_id,
+                    built.last_id,
+                    built.count,
+                    built.chain_end,
+                    built.body,
+                ),
+            )
+        return built
+
+    # -- delivery ----------------------------------------------------------
+
+    def oldest_pending(self) -> Pending | None:
+        row = self.conn.execute(
+            "SELECT seq, batch_id, body, attempts, count FROM uplink_batches"
+            " WHERE state = 'pending' ORDER BY seq LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        return Pending(row[0], row[1], bytes(row[2]), row[3], row[4])
+
+    def pending_count(self) -> int:
+        return int(
+            self.conn.execute(
+                "SELECT count(*) FROM uplink_batches WHERE state = 'pending'"
+            ).fetchone()[0]
+        )
+
+    def mark_delivered(self, seq: int, ack: str, now_ms: int, state: str = "acked") -> None:
+        with self._tx():
+            self.conn.execute(
+                "UPDATE uplink_batches SET state = ?, ack = ?, acked_ms = ?, last_error = NULL,"
+                " attempts = attempts + 1 WHERE seq = ? AND state = 'pending'",
+                (state, ack, now_ms, seq),
+            )
+
+    def mark_failed(self, seq: int, error: str) -> None:
+        with self._tx():
+            self.conn.execute(
+                "UPDATE uplink_batches SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
+                (error[:500], seq),
+            )
+
+    # -- state ---------------------------------------------------------------
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._tx():
+            self.conn.execute(
+                "INSERT INTO uplink_meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE"
+                " SET value = excluded.value",
+                (key, json.dumps(value, ensure_ascii=False)),
+            )
+
+    def status(self) -> dict[str, Any]:
+        c = self.conn
+        by_state = dict(c.execute("SELECT state, count(*) FROM uplink_batches GROUP BY state"))
+        pend = c.execute(
+            "SELECT count(*), coalesce(sum(count), 0), coalesce(sum(length(body)), 0),"
+            " min(created_ms) FROM uplink_batches WHERE state = 'pending'"
+        ).fetchone()
+        n_unbatched, oldest_unbatched = self.unbatched()
+        last_error = c.execute(
+            "SELECT last_error FROM uplink_batches WHERE state = 'pending' ORDER BY seq LIMIT 1"
+        ).fetchone()
+        alarms = c.execute("SELECT value FROM uplink_meta WHERE key = 'alarms'").fetchone()
+        return {
+            "hallId": self.hall_id,
+            "batches": {k: by_state.get(k, 0) for k in ("pending", "acked", "spooled")},
+            "pendingRatings": pend[1],
+            "pendingBytes": pend[2],
+            "oldestPendingMs": pend[3],
+            "unbatchedRatings": n_unbatched,
+            "oldestUnbatchedMs": oldest_unbatched,
+            "lastBatchedRatingId": self.last_batched_id(),
+            "lastError": last_error[0] if last_error else None,
+            "alarms": json.loads(alarms[0]) if alarms else [],
+        }

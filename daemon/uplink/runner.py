@@ -1,0 +1,261 @@
+"""The uplink loop: cut batches from new ratings, deliver the oldest, record acks.
+
+Rules (the uplink's state machine, one place):
+
+* A batch is cut when ``batch_size`` ratings wait, or when the outbox is
+  empty and the oldest waiting rating is ``max_age`` old.  While a batch
+  waits for the province (outage), new ratings are cut only into full
+  batches, so a long outage yields few, full batches, not one per second.
+* Exactly one batch is in flight, always the oldest pending one: the
+  province checks batch order and chain continuity, and a catch-up after an
+  outage goes oldest first, back to back, with no delay between successes.
+* Success -> state 'acked' (or 'spooled') with the province's answer stored
+  and the backoff reset.  Retryable failure -> attempts+1, wait
+  ``Backoff.next()``.  Rejection -> alarm 'batch_rejected' and retry at the
+  backoff cap; a batch is never dropped or rebuilt.
+* Alarms (checked every ``ALARM_EVERY_S``): 'disk_low' when the database's
+  file system has less than ``min_free_bytes`` free, 'outbox_large' when
+  pending batches hold more than ``max_outbox_bytes``.  They are logged,
+  written to uplink_meta and shown by ``hcp uplink status``; nothing stops.
+
+The loop reads the clock through ``clock`` and sleeps through ``stop.wait``,
+so a test can run it in a thread and stop it at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from haochaping.daemon import keys
+from haochaping.daemon.uplink import batch as batchmod
+from haochaping.daemon.uplink import delivery
+from haochaping.daemon.uplink.outbox import Outbox, connect
+
+log = logging.getLogger("haochaping.uplink")
+
+BATCH_SIZE = 200  # ratings per batch
+MAX_AGE_S = 1.0  # a waiting rating is batched after at most this long (outbox empty)
+POLL_S = 0.1  # idle poll for new ratings
+CUTS_PER_ROUND = 8  # batches cut between two deliveries during a catch-up
+ALARM_EVERY_S = 10.0
+MIN_FREE_BYTES = 512 * 1024 * 1024
+MAX_OUTBOX_BYTES = 2 * 1024 * 1024 * 1024
+
+
+class UplinkError(Exception):
+    pass
+
+
+@dataclass
+class UplinkConfig:
+    db: str
+    hall_id: str
+    keys_dir: str
+    url: str | None = None
+    spool_dir: str | None = None
+    batch_size: int = BATCH_SIZE
+    max_age_s: float = MAX_AGE_S
+    poll_s: float = POLL_S
+    connect_timeout_s: float = delivery.CONNECT_TIMEOUT_S
+    read_timeout_s: float = delivery.READ_TIMEOUT_S
+    backoff_base_s: float = delivery.BACKOFF_BASE_S
+    backoff_cap_s: float = delivery.BACKOFF_CAP_S
+    tls: delivery.TLS = field(default_factory=delivery.TLS)
+    min_free_bytes: int = MIN_FREE_BYTES
+    max_outbox_bytes: int = MAX_OUTBOX_BYTES
+    record: batchmod.RecordConfig = field(default_factory=batchmod.RecordConfig)
+    seed: int | None = None  # jitter seed (tests); None = from os.urandom
+
+    def check(self) -> None:
+        if (self.url is None) == (self.spool_dir is None):
+            raise UplinkError("give exactly one of a province URL or a spool directory")
+        if not 1 <= self.batch_size <= batchmod.schema.MAX_RECORDS:
+            raise UplinkError(f"batch size must be 1..{batchmod.schema.MAX_RECORDS}")
+        self.record.check()
+
+
+def make_sink(cfg: UplinkConfig) -> delivery.Sink:
+    if cfg.spool_dir is not None:
+        return delivery.SpoolSink(cfg.spool_dir)
+    if cfg.url is None:
+        raise UplinkError("no province URL")
+    return delivery.HttpSink(
+        cfg.url,
+        connect_timeout=cfg.connect_timeout_s,
+        read_timeout=cfg.read_timeout_s,
+        tls=cfg.tls,
+    )
+
+
+class _Lock:
+    """One uplink per database: an flock the kernel drops when the process dies."""
+
+    def __init__(self, db: str) -> None:
+        self.path = db + ".uplink.lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            os.close(self.fd)
+            raise UplinkError(f"another uplink is running on {db}") from e
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+class Uplink:
+    def __init__(
+        self,
+        cfg: UplinkConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        stop: threading.Event | None = None,
+        sink: delivery.Sink | None = None,
+    ) -> None:
+        cfg.check()
+        self.cfg = cfg
+        self.clock = clock
+        self.stop = stop or threading.Event()
+        self.key = keys.load_private(cfg.keys_dir)
+        self.conn = connect(cfg.db)
+        self.outbox = Outbox(self.conn, cfg.hall_id)
+        self.sink = sink or make_sink(cfg)
+        rng = random.Random(cfg.seed if cfg.seed is not None else os.urandom(16))
+        self.backoff = delivery.Backoff(cfg.backoff_base_s, cfg.backoff_cap_s, rng)
+        self.next_try = 0.0
+        self.next_alarm_check = 0.0
+        self.alarms: list[str] = []
+        self.delivered = 0
+
+    def close(self) -> None:
+        self.sink.close()
+        self.conn.close()
+
+    def cut_ready(self, now: float) -> int:
+        """Cut every batch the rules allow now (at most CUTS_PER_ROUND); return how many."""
+        n = 0
+        while n < CUTS_PER_ROUND:
+            force = False
+            if self.outbox.pending_count() == 0:
+                _, oldest = self.outbox.unbatched()
+                force = oldest is not None and oldest <= now * 1000 - self.cfg.max_age_s * 1000
+            built = self.outbox.cut(
+                key=self.key,
+                cfg=self.cfg.record,
+                now_ms=int(now * 1000),
+                max_records=self.cfg.batch_size,
+                force=force,
+            )
+            if built is None:
+                break
+            log.debug("cut batch %d (%d ratings)", built.seq, built.count)
+            n += 1
+        return n
+
+    def deliver_one(self, now: float) -> bool:
+        """Try the oldest pending batch if its time has come; True if it was delivered."""
+        p = self.outbox.oldest_pending()
+        if p is None or now < self.next_try:
+            return False
+        try:
+            ack = self.sink.deliver(p.batch_id, p.body)
+        except delivery.Rejected as e:
+            self.outbox.mark_failed(p.seq, str(e))
+            self._alarm("batch_rejected", f"batch {p.seq} rejected: {e}")
+            self.next_try = now + self.cfg.backoff_cap_s
+            return False
+        except delivery.Retryable as e:
+            self.outbox.mark_failed(p.seq, str(e))
+            delay = self.backoff.next()
+            log.warning("batch %d not delivered (%s); retry in %.1f s", p.seq, e, delay)
+            self.next_try = now + delay
+            return False
+        self.outbox.mark_delivered(p.seq, ack, int(self.clock() * 1000), self.sink.state)
+        self.backoff.reset()
+        self.next_try = 0.0
+        self.delivered += p.count
+        if "batch_rejected" in self.alarms:
+            self.alarms.remove("batch_rejected")
+            self.outbox.set_meta("alarms", self.alarms)
+        return True
+
+    def _alarm(self, name: str, msg: str) -> None:
+        log.error("ALARM %s: %s", name, msg)
+        if name not in self.alarms:
+            self.alarms.append(name)
+            self.outbox.set_meta("alarms", self.alarms)
+
+    def check_alarms(self, now: float) -> list[str]:
+        if now < self.next_alarm_check:
+            return self.alarms
+        self.next_alarm_check = now + ALARM_EVERY_S
+        new = [a for a in self.alarms if a == "batch_rejected"]
+        free = shutil.disk_usage(Path(self.cfg.db).resolve().parent).free
+        if free < self.cfg.min_free_bytes:
+            new.append("disk_low")
+            log.error("ALARM disk_low: %d MiB free beside %s", free >> 20, self.cfg.db)
+        pending_bytes = self.outbox.status()["pendingBytes"]
+        if pending_bytes > self.cfg.max_outbox_bytes:
+            new.append("outbox_large")
+            log.error("ALARM outbox_large: %d MiB of batches wait", pending_bytes >> 20)
+        if new != self.alarms:
+            self.alarms = new
+            self.outbox.set_meta("alarms", new)
+        return self.alarms
+
+    def step(self) -> bool:
+        """One round; True if something was cut or delivered."""
+        now = self.clock()
+        self.check_alarms(now)
+        cut = self.cut_ready(now)
+        sent = self.deliver_one(now)
+        return bool(cut or sent)
+
+    def run(self, until_idle: bool = False) -> None:
+        """Loop until ``stop`` is set (or, with ``until_idle``, until nothing is left)."""
+        while not self.stop.is_set():
+            if self.step():
+                continue
+            if until_idle:
+                st = self.outbox.status()
+                if st["batches"]["pending"] == 0 and st["unbatchedRatings"] == 0:
+                    return
+            wait = self.cfg.poll_s
+            if self.outbox.pending_count():
+                wait = min(wait, self.next_try - self.clock())
+            self.stop.wait(max(wait, 0.001))
+
+
+def run(cfg: UplinkConfig, stop: threading.Event | None = None, until_idle: bool = False) -> int:
+    """Run the uplink on ``cfg`` (holding the one-uplink-per-database lock)."""
+    lock = _Lock(cfg.db)
+    try:
+        up = Uplink(cfg, stop=stop)
+        try:
+            up.run(until_idle=until_idle)
+            return up.delivered
+        finally:
+            up.close()
+    finally:
+        lock.release()
+
+
+def status(db: str, hall_id: str | None = None) -> dict[str, Any]:
+    conn = connect(db)
+    try:
+        row = conn.execute("SELECT value FROM uplink_meta WHERE key='hall_id'").fetchone()
+        if row is None:
+            raise UplinkError(f"no uplink outbox in {db}")
+        return Outbox(conn, hall_id or row[0]).status()
+    finally:
+        conn.close()

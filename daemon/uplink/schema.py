@@ -1,0 +1,304 @@
+"""The JSON Schema of an uplink batch, and the small validator that applies it.
+
+``SCHEMA`` is the single source; ``docs/uplink.schema.json`` is this dict
+written out (a test keeps the two equal).  The validator implements exactly
+the JSON Schema (2020-12) keywords the schema uses: ``type``, ``properties``,
+``required``, ``additionalProperties: false``, ``pattern``, ``enum``,
+``const``, ``minimum``, ``maximum``, ``minLength``, ``maxLength``, ``items``,
+``minItems``, ``maxItems``.  A keyword it does not know raises SchemaError at
+import, so the schema cannot silently grow a rule nobody checks.
+
+Rules a schema cannot say (recordCount equals the number of records, the
+signature, the chains) are checked in ``batch.verify``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+FORMAT = "hcp-uplink/1"
+MAX_RECORDS = 5000  # records in one batch
+TEXT_MAX = 200  # characters in a national text field
+WRITING_MAX = 500  # characters of writingEvaluation
+FLAGS_MAX = 16  # suspect-reason flags on one record
+
+_HEX64 = "^[0-9a-f]{64}$"
+_TIME = "^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$"
+_U32 = {"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF}
+_INT_OR_NULL = {"type": ["integer", "null"], "minimum": 0, "maximum": 2**53 - 1}
+
+
+def _text(desc: str, nullable: bool = True, max_len: int = TEXT_MAX) -> dict[str, Any]:
+    return {
+        "type": ["string", "null"] if nullable else "string",
+        "maxLength": max_len,
+        "description": desc,
+    }
+
+
+# Columns of the local ratings row that the chain covers (daemon/chain.py FIELDS).
+_ORIGIN_FIELDS = (
+    "id",
+    "terminal_id",
+    "seq",
+    "level",
+    "reason",
+    "flags",
+    "session",
+    "device_time",
+    "uptime_ms",
+    "boot",
+    "received_ms",
+)
+
+RECORD: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": [
+        "projectNo",
+        "taskCode",
+        "taskHandleItem",
+        "taskName",
+        "deptCode",
+        "areaCode",
+        "proDepart",
+        "proManager",
+        "winNo",
+        "winName",
+        "serviceNumber",
+        "pf",
+        "satisfaction",
+        "evalDetail",
+        "writingEvaluation",
+        "assessTime",
+        "assessNumber",
+        "serviceTime",
+        "terminalId",
+        "seq",
+        "flags",
+        "timeQuality",
+        "ratingId",
+        "chain",
+        "origin",
+    ],
+    "properties": {
+        "projectNo": _text("办件编号 (case number); null when the rating has no case"),
+        "taskCode": _text("事项编码 (item code)"),
+        "taskHandleItem": _text("业务办理项编码 (handling item code)"),
+        "taskName": _text("事项名称 (item name)"),
+        "deptCode": _text("部门编码 (department code)"),
+        "areaCode": _text("行政区划编码 (area code)"),
+        "proDepart": _text("部门名称 (department name)"),
+        "proManager": _text("办件人员 (staff name); null unless configured to send"),
+        "winNo": _text("窗口编号 (window number)"),
+        "winName": _text("窗口名称 (window name)"),
+        "serviceNumber": _text("服务编号 / 取号号码 (queue number); null unless configured"),
+        "pf": {
+            "type": "string",
+            "pattern": "^[0-9]{1,2}$",
+            "description": "评价渠道 (channel) code; 5 = 政务大厅其他终端 by default",
+        },
+        "satisfaction": {
+            "type": "string",
+            "enum": ["1", "2", "3", "4", "5"],
+            "description": "1 非常不满意, 2 不满意, 3 基本满意, 4 满意, 5 非常满意",
+        },
+        "evalDetail": {
+            "type": "string",
+            "maxLength": TEXT_MAX,
+            "pattern": "^([0-9A-Za-z_-]+(,[0-9A-Za-z_-]+)*)?$",
+            "description": "评价详情: reason codes, comma-separated; empty when none",
+        },
+        "writingEvaluation": _text(
+            "文字评价; empty when none", nullable=False, max_len=WRITING_MAX
+        ),
+        "assessTime": {
+            "type": "string",
+            "pattern": _TIME,
+            "description": "评价时间 yyyy-MM-dd HH:mm:ss, Asia/Shanghai (UTC+8); never before serviceTime",
+        },
+        "assessNumber": {"const": 1, "description": "评价次数: one rating per service"},
+        "serviceTime": {
+            "type": ["string", "null"],
+            "pattern": _TIME,
+            "description": "办结时间 of the bound case (UTC+8); null when no case",
+        },
+        "terminalId": {"type": "string", "pattern": "^[0-9a-f]{8}$", "description": "评价器 id"},
+        "seq": dict(_U32, description="the terminal's rating sequence number"),
+        "flags": {
+            "type": "array",
+            "maxItems": FLAGS_MAX,
+            "items": {"type": "string", "minLength": 1, "maxLength": 64},
+            "description": "suspect reasons and corrections, sorted (e.g. rapid, clock_clamped)",
+        },
+        "timeQuality": {"type": "string", "enum": ["synced", "rebuilt", "received"]},
+        "ratingId": {"type": "integer", "minimum": 1, "maximum": 2**53 - 1},
+        "chain": {"type": "string", "pattern": _HEX64, "description": "local chain value"},
+        "origin": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": list(_ORIGIN_FIELDS),
+            "properties": {f: dict(_INT_OR_NULL) for f in _ORIGIN_FIELDS},
+            "description": "the stored rating row exactly as the local chain covers it",
+        },
+    },
+}
+
+HEADER: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": [
+        "format",
+        "hallId",
+        "batchSeq",
+        "batchId",
+        "createdMs",
+        "prevBatchHash",
+        "chainPrev",
+        "recordCount",
+        "keyId",
+    ],
+    "properties": {
+        "format": {"const": FORMAT},
+        "hallId": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+        "batchSeq": {"type": "integer", "minimum": 1, "maximum": 2**53 - 1},
+        "batchId": {
+            "type": "string",
+            "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        },
+        "createdMs": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1},
+        "prevBatchHash": {"type": "string", "pattern": _HEX64},
+        "chainPrev": {"type": "string", "pattern": _HEX64},
+        "recordCount": {"type": "integer", "minimum": 1, "maximum": MAX_RECORDS},
+        "keyId": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+    },
+}
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://haochaping.example/uplink.schema.json",
+    "title": "haochaping uplink batch (hcp-uplink/1)",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["header", "records", "signature"],
+    "properties": {
+        "header": HEADER,
+        "records": {"type": "array", "minItems": 1, "maxItems": MAX_RECORDS, "items": RECORD},
+        "signature": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9+/]{86}==$",
+            "description": "Ed25519 over RFC 8785 canonical {header, records}, base64",
+        },
+    },
+}
+
+
+class SchemaError(ValueError):
+    """The document does not match the batch schema; ``path`` says where."""
+
+    def __init__(self, path: str, msg: str) -> None:
+        super().__init__("{}: {}".format(path or "$", msg))
+        self.path = path
+
+
+_KNOWN = {
+    "$schema",
+    "$id",
+    "title",
+    "description",
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "pattern",
+    "enum",
+    "const",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "items",
+    "minItems",
+    "maxItems",
+}
+_TYPES = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "null": lambda v: v is None,
+    "boolean": lambda v: isinstance(v, bool),
+}
+_RE_CACHE: dict[str, re.Pattern[str]] = {}
+
+
+def _lint(s: dict[str, Any], path: str = "") -> None:
+    for k, v in s.items():
+        if k not in _KNOWN:
+            raise SchemaError(path, f"schema keyword not implemented: {k}")
+        if k == "properties":
+            for name, sub in v.items():
+                _lint(sub, path + "." + name)
+        elif k == "items":
+            _lint(v, path + "[]")
+        elif k == "additionalProperties" and v is not False:
+            raise SchemaError(path, "only additionalProperties: false is implemented")
+
+
+_lint(SCHEMA)
+
+
+def _validate(v: Any, s: dict[str, Any], path: str) -> None:
+    t = s.get("type")
+    if t is not None:
+        names = t if isinstance(t, list) else [t]
+        if not any(_TYPES[n](v) for n in names):
+            raise SchemaError(path, "expected {}".format(" or ".join(names)))
+    if "const" in s and (v != s["const"] or type(v) is not type(s["const"])):
+        raise SchemaError(path, "must be {!r}".format(s["const"]))
+    if "enum" in s and v not in s["enum"]:
+        raise SchemaError(path, "must be one of {}".format(s["enum"]))
+    if isinstance(v, str):
+        if len(v) > s.get("maxLength", len(v)) or len(v) < s.get("minLength", 0):
+            raise SchemaError(path, "length out of range")
+        p = s.get("pattern")
+        if p is not None:
+            rx = _RE_CACHE.get(p) or _RE_CACHE.setdefault(p, re.compile(p))
+            if rx.search(v) is None:
+                raise SchemaError(path, f"does not match {p}")
+    elif isinstance(v, int) and not isinstance(v, bool):
+        if "minimum" in s and v < s["minimum"]:
+            raise SchemaError(path, f"below {s['minimum']}")
+        if "maximum" in s and v > s["maximum"]:
+            raise SchemaError(path, f"above {s['maximum']}")
+    elif isinstance(v, list):
+        if len(v) < s.get("minItems", 0) or len(v) > s.get("maxItems", len(v)):
+            raise SchemaError(path, "number of items out of range")
+        items = s.get("items")
+        if items is not None:
+            for i, x in enumerate(v):
+                _validate(x, items, f"{path}[{i}]")
+    elif isinstance(v, dict):
+        for name in s.get("required", ()):
+            if name not in v:
+                raise SchemaError(path, f"missing {name}")
+        props = s.get("properties", {})
+        for name, x in v.items():
+            sub = props.get(name)
+            if sub is None:
+                if s.get("additionalProperties") is False:
+                    raise SchemaError(path, f"unexpected member {name}")
+                continue
+            _validate(x, sub, path + "." + name)
+
+
+def validate(doc: Any) -> None:
+    """Raise SchemaError unless ``doc`` (parsed JSON) is a well-formed batch."""
+    _validate(doc, SCHEMA, "")
+
+
+def schema_json() -> str:
+    """The text of docs/uplink.schema.json."""
+    return json.dumps(SCHEMA, ensure_ascii=False, indent=2) + "\n"

@@ -1,0 +1,249 @@
+"""Batch format: canonical bytes, schema, national records, signatures, key rotation."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import stat
+from pathlib import Path
+
+import pytest
+from haochaping.daemon import chain, keys
+from haochaping.daemon.uplink import batch, canonical, schema
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# RFC 8785 section 3.2.3 style vectors, restricted to the batch value domain.
+VECTORS = [
+    ({"b": 1, "a": [1, "x", None, True]}, b'{"a":[1,"x",null,true],"b":1}'),
+    ({"k": '\u20ac$\u000f\nA\'B"\\\\"/'}, b'{"k":"\xe2\x82\xac$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}'),
+    ({"n": -0, "m": 9007199254740991}, b'{"m":9007199254740991,"n":0}'),
+    ({"t": "评价\u2028"}, '{"t":"评价\u2028"}'.encode()),
+]
+
+
+@pytest.mark.parametrize("value,expected", VECTORS)
+def test_canonical_vectors(value, expected):
+    assert canonical.dumps(value) == expected
+
+
+@pytest.mark.parametrize(
+    "bad", [1.5, 2**53, {"é": 1}, {1: 2}, "\ud800", b"x", {"a": {"b": [float("nan")]}}]
+)
+def test_canonical_refuses_outside_domain(bad):
+    with pytest.raises(canonical.CanonicalError):
+        canonical.dumps(bad)
+
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.text(st.characters(blacklist_categories=("Cs",))),
+    lambda kids: (
+        st.lists(kids, max_size=4)
+        | st.dictionaries(st.text(st.characters(max_codepoint=127), max_size=6), kids, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json)
+def test_canonical_equals_reference_rfc8785(value):
+    rfc8785 = pytest.importorskip("rfc8785")
+    assert canonical.dumps(value) == rfc8785.dumps(value)
+
+
+def test_schema_file_is_the_schema():
+    text = (ROOT / "docs" / "uplink.schema.json").read_text("utf-8")
+    assert text == schema.schema_json()
+    assert json.loads(text)["$schema"].endswith("2020-12/schema")
+
+
+# ------------------------------------------------------------------ records
+
+CASE = {
+    "id": 7,
+    "case_no": "QD2026112500001",
+    "item_code": "11370200MB0000000X-001",
+    "item_name": "企业设立登记",
+    "handle_item": "001",
+    "dept_code": "11370200MB0000000X",
+    "dept_name": "青岛市行政审批服务局",
+    "area_code": "370200",
+    "window_no": "W12",
+    "window_name": "综合受理12号窗口",
+    "staff_id": "S1",
+    "staff_name": "张三",
+    "service_ms": 1_764_050_000_000,
+    "service_number": "A012",
+}
+
+
+def rating(i: int = 1, prev: bytes = chain.GENESIS, **kw) -> dict:
+    r = {
+        "id": i,
+        "terminal_id": 0xABCD,
+        "seq": i,
+        "level": 5,
+        "reason": 0,
+        "flags": 1,
+        "session": 9,
+        "case_id": 7,
+        "device_time": 1_764_050_001,
+        "uptime_ms": 1000,
+        "boot": 2,
+        "received_ms": 1_764_050_001_500,
+        "assess_ms": 1_764_050_001_000,
+        "time_quality": "synced",
+    }
+    r.update(kw)
+    r["chain"] = chain.next_hash(prev, r)
+    return r
+
+
+def test_record_national_fields():
+    rec = batch.build_record(rating(), CASE, ["too_fast"], batch.RecordConfig())
+    schema._validate(rec, schema.RECORD, "rec")
+    assert rec["projectNo"] == "QD2026112500001" and rec["taskCode"] == CASE["item_code"]
+    assert rec["taskHandleItem"] == "001" and rec["proDepart"] == "青岛市行政审批服务局"
+    assert rec["winNo"] == "W12" and rec["proManager"] == "张三"
+    assert rec["pf"] == "5" and rec["satisfaction"] == "5" and rec["assessNumber"] == 1
+    # 1_764_050_001_000 ms = 2025-11-25 05:53:21 UTC = 13:53:21 in Asia/Shanghai
+    assert rec["assessTime"] == "2025-11-25 13:53:21"
+    assert rec["serviceTime"] == "2025-11-25 13:53:20"
+    assert rec["terminalId"] == "0000abcd" and rec["flags"] == ["too_fast"]
+    assert rec["serviceNumber"] is None  # personal-ish data only where configured
+    assert "contact" not in json.dumps(rec)
+
+
+def test_record_config_personal_data_and_pf():
+    cfg = batch.RecordConfig(pf="4", send_staff_name=False, send_service_number=True)
+    rec = batch.build_record(rating(), CASE, [], cfg)
+    assert rec["pf"] == "4" and rec["proManager"] is None and rec["serviceNumber"] == "A012"
+
+
+def test_bad_rating_without_reason_gets_the_default():
+    cfg = batch.RecordConfig(default_eval_detail="599", default_writing="")
+    rec = batch.build_record(rating(level=1), CASE, [], cfg)
+    assert rec["evalDetail"] == "599" and "default_reason" in rec["flags"]
+    rec = batch.build_record(rating(level=2), CASE, [], batch.RecordConfig())
+    assert rec["evalDetail"] == "" and rec["writingEvaluation"]
+    rec = batch.build_record(
+        rating(level=2, reason=3), CASE, [], batch.RecordConfig(reason_codes={3: "303"})
+    )
+    assert rec["evalDetail"] == "303" and rec["writingEvaluation"] == ""
+    with pytest.raises(ValueError):
+        batch.RecordConfig(default_eval_detail="", default_writing="").check()
+
+
+def test_assess_time_is_clamped_to_the_service_time():
+    r = rating(assess_ms=CASE["service_ms"] - 3_600_000)  # terminal clock an hour behind
+    rec = batch.build_record(r, CASE, [], batch.RecordConfig())
+    assert rec["assessTime"] == rec["serviceTime"] and "clock_clamped" in rec["flags"]
+    rec = batch.build_record(rating(), CASE, [], batch.RecordConfig())
+    assert "clock_clamped" not in rec["flags"]
+
+
+def test_rating_without_case_is_sent_as_such():
+    rec = batch.build_record(rating(case_id=None, flags=5), None, [], batch.RecordConfig())
+    assert rec["projectNo"] is None and rec["taskCode"] is None and rec["serviceTime"] is None
+    assert "no_case" in rec["flags"]
+
+
+# ------------------------------------------------------------------ batches
+
+
+def rows(n: int, prev: bytes = chain.GENESIS, start: int = 1) -> list[dict]:
+    out = []
+    for i in range(start, start + n):
+        r = rating(i, prev, level=1 + i % 5)
+        out.append(r)
+        prev = r["chain"]
+    return out
+
+
+def build(key, rs, seq=1, prev_hash=batch.GENESIS_HASH, chain_prev=chain.GENESIS):
+    return batch.build(
+        hall_id="hall-1", seq=seq, prev_hash=prev_hash, chain_prev=chain_prev, rows=rs,
+        cases={7: CASE}, flags={}, key=key, now_ms=1_764_050_009_000, cfg=batch.RecordConfig(),
+    )  # fmt: skip
+
+
+@pytest.fixture()
+def keydir(tmp_path):
+    keys.init(tmp_path / "k")
+    return tmp_path / "k"
+
+
+def test_build_verify_roundtrip_and_hash_chain(keydir):
+    key = keys.load_private(keydir)
+    ring = keys.Keyring.load(keydir)
+    rs = rows(30)
+    b1 = build(key, rs[:10])
+    b2 = build(key, rs[10:], seq=2, prev_hash=b1.hash, chain_prev=bytes.fromhex(b1.chain_end))
+    v1, v2 = batch.verify(b1.body, ring), batch.verify(b2.body, ring)
+    assert v1.hash == b1.hash and v2.header["prevBatchHash"] == v1.hash
+    assert v2.header["chainPrev"] == v1.chain_end == rs[9]["chain"].hex()
+    assert canonical.dumps(json.loads(b1.body)) == b1.body  # the body is canonical
+
+
+def test_verify_refuses_any_change(keydir):
+    key = keys.load_private(keydir)
+    ring = keys.Keyring.load(keydir)
+    body = build(key, rows(5)).body
+    rng = random.Random(5)
+    doc = json.loads(body)
+    for _ in range(50):
+        d = json.loads(body)
+        rec = d["records"][rng.randrange(5)]
+        field = rng.choice(["satisfaction", "assessTime", "projectNo", "seq", "evalDetail"])
+        rec[field] = {"satisfaction": "4" if rec["satisfaction"] != "4" else "3",
+                      "assessTime": "2020-01-01 00:00:00", "projectNo": "X",
+                      "seq": rec["seq"] + 1, "evalDetail": "9"}[field]  # fmt: skip
+        with pytest.raises(batch.BatchError) as e:
+            batch.verify(canonical.dumps(d), ring)
+        assert e.value.code in ("signature", "record")
+    d = dict(doc, signature=base64.b64encode(bytes(64)).decode())
+    with pytest.raises(batch.BatchError, match="signature"):
+        batch.verify(canonical.dumps(d), ring)
+    with pytest.raises(batch.BatchError) as e:
+        batch.verify(body, keys.Keyring())
+    assert e.value.code == "key"
+
+
+def test_builder_refuses_a_broken_local_chain(keydir):
+    rs = rows(3)
+    rs[1] = dict(rs[1], level=4)  # altered after its chain value was computed
+    with pytest.raises(batch.BatchError, match="rating id 2"):
+        build(keys.load_private(keydir), rs)
+
+
+def test_rotation_keeps_old_batches_verifiable(keydir, tmp_path):
+    old_body = build(keys.load_private(keydir), rows(3)).body
+    old, new = keys.rotate(keydir)
+    assert old.key_id != new.key_id
+    new_body = build(keys.load_private(keydir), rows(3)).body
+    ring = keys.Keyring.load(keydir)
+    assert len(ring) == 2
+    assert batch.verify(old_body, ring).header["keyId"] == old.key_id
+    assert batch.verify(new_body, ring).header["keyId"] == new.key_id
+    assert stat.S_IMODE(os.stat(keydir / "signing.key").st_mode) == 0o600
+
+
+def test_key_files_mode_and_refusals(tmp_path):
+    info = keys.init(tmp_path / "k")
+    p = tmp_path / "k" / "signing.key"
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    assert len(info.fingerprint) == 64 and info.key_id == info.fingerprint[:16]
+    assert "PRIVATE" not in info.public_pem
+    with pytest.raises(keys.KeyFileError, match="exists"):
+        keys.init(tmp_path / "k")
+    os.chmod(p, 0o644)
+    with pytest.raises(keys.KeyFileError, match="chmod 600"):
+        keys.load_private(p)

@@ -42,6 +42,7 @@ import random
 import socket
 import sqlite3
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -348,6 +349,13 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, addr: tuple[str, int], store: Store, faults: Faults, verbose: bool) -> None:
         super().__init__(addr, _Handler)
         self.store, self.faults, self.verbose = store, faults, verbose
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (time-out fault) or a dropped connection is expected here.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
 
 
 class Receiver:

@@ -1,0 +1,261 @@
+"""End to end: daemon store -> uplink process -> reference receiver over real HTTP.
+
+Every rating arrives exactly once, signatures verify and both chains are
+unbroken, through receiver faults and kill -9 of the uplink during delivery.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from haochaping.daemon import audit, keys, store
+from haochaping.daemon.uplink import batch, bench, runner
+from haochaping.simulator import province
+
+ROUNDS = 24
+FAULTS = ("refuse", "5xx", "timeout", "close_after_commit", "slow", "none")
+DEADLINE_S = 60.0
+
+
+def wait_for(cond, what: str, timeout: float = DEADLINE_S, every: float = 0.01) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+def set_faults(url: str, **plan) -> None:
+    req = urllib.request.Request(
+        url.replace("/batches", "/admin/faults"), data=json.dumps(plan).encode(), method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 200
+
+
+def start_uplink(db: Path, kd: Path, url: str, seed: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "haochaping", "uplink", "run", "--db", str(db),
+         "--hall", "hall-e2e", "--keys", str(kd), "--url", url, "--batch-size", "40",
+         "--max-age", "0.05", "--connect-timeout", "0.5", "--timeout", "0.3",
+         "--backoff-base", "0.02", "--backoff-cap", "0.2", "--seed", str(seed)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def check_receiver_against_store(r: province.Receiver, db: Path, kd: Path) -> None:
+    ring = keys.Keyring.load(kd)
+    bodies = r.store.bodies("hall-e2e")
+    prev_hash, prev_chain, ids = batch.GENESIS_HASH, None, []
+    for i, body in enumerate(bodies, 1):
+        v = batch.verify(body, ring)  # schema, signature, in-batch chain, rules
+        assert v.header["batchSeq"] == i and v.header["prevBatchHash"] == prev_hash
+        assert prev_chain is None or v.header["chainPrev"] == prev_chain
+        prev_hash, prev_chain = v.hash, v.chain_end
+        ids += [rec["ratingId"] for rec in v.records]
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    rows = conn.execute("SELECT id, terminal_id, seq, chain FROM ratings ORDER BY id").fetchall()
+    conn.close()
+    assert ids == [row["id"] for row in rows]  # each rating exactly once, in order
+    assert prev_chain == bytes(rows[-1]["chain"]).hex()  # the local chain, unbroken
+    recs = r.store.records("hall-e2e")
+    assert sorted((x["terminalId"], x["seq"]) for x in recs) == sorted(
+        (f"{row['terminal_id']:08x}", row["seq"]) for row in rows
+    )
+    rep = audit.verify(str(db), ring)
+    assert rep.ok and rep.signed_ratings == len(rows), [f.describe() for f in rep.findings]
+
+
+@pytest.mark.slow
+def test_exactly_once_under_faults_and_kill9(tmp_path):
+    kd = tmp_path / "keys"
+    keys.init(kd)
+    db = tmp_path / "hall.sqlite"
+    st = store.Store(db)
+    rng = random.Random(20261125)
+    total = kills = 0
+    with province.Receiver(tmp_path / "prov", pubkeys=(str(kd),)) as r:
+        proc = None
+        try:
+            for rnd in range(ROUNDS):
+                mode = FAULTS[rnd % len(FAULTS)]
+                set_faults(r.url, mode=mode, rate=0.35, seed=rnd, delay=0.5)
+                n = rng.randint(40, 250)
+                bench.fill(st, n, rng, start_seq=total + 1, group=rng.choice((1, 7, 50)))
+                total += n
+                if proc is None:
+                    proc = start_uplink(db, kd, r.url, rnd)
+                # kill -9 once delivery of this round is under way (a random amount in)
+                before = r.store.stats()["records"]
+                target = before + rng.randint(0, total - before)
+                wait_for(
+                    lambda t=target, p=proc: (
+                        r.store.stats()["records"] >= t or p.poll() is not None
+                    ),
+                    f"round {rnd}: {target} records",
+                )
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                if rng.random() < 0.8:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    kills += 1
+                    proc = None
+            set_faults(r.url, mode="none")
+            if proc is None:
+                proc = start_uplink(db, kd, r.url, 999)
+            wait_for(lambda: r.store.stats()["records"] >= total, "all records")
+            # the uplink has recorded every acknowledgement (no batch left pending)
+            wait_for(lambda: runner.status(str(db))["batches"]["pending"] == 0, "all acks")
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        st.close()
+        stats = r.store.stats()
+        assert stats["records"] == total, f"seed 20261125: {stats} vs {total}"
+        assert sum(r.faults.injected[m] for m in FAULTS if m != "none") >= ROUNDS
+        check_receiver_against_store(r, db, kd)
+        assert runner.status(str(db))["batches"]["acked"] == stats["batches"]
+    assert kills >= 15
+
+
+def test_bad_rating_without_reason_and_clock_behind_arrive_accepted(tmp_path):
+    kd = tmp_path / "keys"
+    keys.init(kd)
+    db = tmp_path / "hall.sqlite"
+    st = store.Store(db)
+    service_ms = 1_764_050_000_000
+    cid = st.add_case(dict(bench.case_fields(1), service_ms=service_ms), None, service_ms)
+    st.commit(
+        [
+            store.NewRating(
+                0xA1, 1, 1, 0, 1, 5, cid, 1_764_049_000, 10, 1, service_ms - 90_000, "synced"
+            ),
+            store.NewRating(0xA1, 2, 2, 0, 0, None, None, 0, 20, 1, service_ms + 5_000, "received"),
+            store.NewRating(
+                0xA1, 3, 4, 0, 1, 6, cid, 1_764_050_001, 30, 1, service_ms + 1_000, "synced"
+            ),
+        ],
+        service_ms + 10_000,
+    )
+    st.close()
+    with province.Receiver(tmp_path / "prov", pubkeys=(str(kd),)) as r:
+        cfg = runner.UplinkConfig(
+            db=str(db), hall_id="hall-e2e", keys_dir=str(kd), url=r.url, max_age_s=0.0
+        )
+        up = runner.Uplink(cfg)
+        up.run(until_idle=True)
+        up.close()
+        recs = {x["seq"]: x for x in r.store.records("hall-e2e")}
+    assert set(recs) == {1, 2, 3}
+    # 差评, no reason, terminal clock 90 s behind the case's service time
+    assert recs[1]["satisfaction"] == "1" and recs[1]["writingEvaluation"]
+    assert recs[1]["assessTime"] == recs[1]["serviceTime"] == batch.format_time(service_ms)
+    assert {"clock_clamped", "default_reason"} <= set(recs[1]["flags"])
+    # 差评 with no reason and no case: forwarded as such, never guessed
+    assert recs[2]["projectNo"] is None and recs[2]["writingEvaluation"]
+    assert recs[3]["evalDetail"] == "" and "clock_clamped" not in recs[3]["flags"]
+
+
+def test_outage_keeps_everything_and_catches_up_oldest_first(tmp_path):
+    kd = tmp_path / "keys"
+    keys.init(kd)
+    db = tmp_path / "hall.sqlite"
+    st = store.Store(db)
+    probe = province.Receiver(tmp_path / "prov")  # reserve a port, then go down
+    port = probe.port
+    probe.server.server_close()
+    probe.store.close()
+    url = f"http://127.0.0.1:{port}/batches"
+    cfg = runner.UplinkConfig(
+        db=str(db), hall_id="hall-o", keys_dir=str(kd), url=url, batch_size=50,
+        max_age_s=0.0, backoff_base_s=0.01, backoff_cap_s=0.05, seed=1,
+    )  # fmt: skip
+    stop = threading.Event()
+    up = runner.Uplink(cfg, stop=stop)
+    t = threading.Thread(target=up.run)
+    t.start()
+    try:
+        bench.fill(st, 7, random.Random(1))  # cut at once (max age 0) into one small batch
+        wait_for(lambda: runner.status(str(db))["batches"]["pending"] == 1, "first batch")
+        bench.fill(st, 520, random.Random(2), start_seq=100)
+        wait_for(lambda: runner.status(str(db))["unbatchedRatings"] < 50, "full batches cut")
+        s = runner.status(str(db))
+        assert s["batches"] == {"pending": 11, "acked": 0, "spooled": 0}  # 1 + 10 full
+        assert s["pendingRatings"] == 507 and s["lastError"]
+        with province.Receiver(tmp_path / "prov", port=port, pubkeys=(str(kd),)) as r:
+            wait_for(lambda: r.store.stats()["records"] == 527, "catch-up")
+            wait_for(lambda: runner.status(str(db))["batches"]["pending"] == 0, "acks")
+            seqs = [json.loads(b)["header"]["batchSeq"] for b in r.store.bodies("hall-o")]
+            assert seqs == list(range(1, 13))
+    finally:
+        stop.set()
+        t.join()
+        up.close()
+        st.close()
+
+
+def test_rejected_batch_raises_alarm_and_is_kept(tmp_path):
+    kd = tmp_path / "keys"
+    keys.init(kd)
+    db = tmp_path / "hall.sqlite"
+    st = store.Store(db)
+    bench.fill(st, 5, random.Random(1))
+    st.close()
+    with province.Receiver(tmp_path / "prov") as r:  # the hall's key is not registered yet
+        cfg = runner.UplinkConfig(
+            db=str(db), hall_id="hall-r", keys_dir=str(kd), url=r.url, max_age_s=0.0,
+            backoff_base_s=0.01, backoff_cap_s=0.05, min_free_bytes=1 << 62,
+            max_outbox_bytes=1, seed=1,
+        )  # fmt: skip
+        up = runner.Uplink(cfg)
+        up.step()
+        assert up.step() is False
+        s = runner.status(str(db))
+        assert "batch_rejected" in s["alarms"] and "HTTP 403" in s["lastError"]
+        assert set(up.check_alarms(time.time() + 60)) == {
+            "batch_rejected",
+            "disk_low",
+            "outbox_large",
+        }
+        for p in (kd / "keyring").glob("*.pem"):
+            (tmp_path / "prov" / "keys" / p.name).write_bytes(p.read_bytes())
+        up.next_try = 0
+        assert up.step() is True
+        s = runner.status(str(db))
+        assert s["batches"]["acked"] == 1 and "batch_rejected" not in s["alarms"]
+        up.close()
+
+
+def test_spool_mode_writes_verifiable_files(tmp_path):
+    kd = tmp_path / "keys"
+    keys.init(kd)
+    db = tmp_path / "hall.sqlite"
+    st = store.Store(db)
+    bench.fill(st, 45, random.Random(4))
+    st.close()
+    cfg = runner.UplinkConfig(
+        db=str(db), hall_id="hall-s", keys_dir=str(kd), spool_dir=str(tmp_path / "out"),
+        batch_size=20, max_age_s=0.0,
+    )  # fmt: skip
+    up = runner.Uplink(cfg)
+    up.run(until_idle=True)
+    up.close()
+    files = sorted((tmp_path / "out").glob("*.json"))
+    assert [f.name.split("-")[2] for f in files] == ["000000000001", "000000000002", "000000000003"]
+    ring = keys.Keyring.load(kd)
+    assert [batch.verify(f.read_bytes(), ring).header["recordCount"] for f in files] == [20, 20, 5]
+    assert runner.status(str(db))["batches"]["spooled"] == 3
+    assert not [p for p in os.listdir(tmp_path / "out") if p.startswith(".")]

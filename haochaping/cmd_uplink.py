@@ -222,10 +222,14 @@ def province_group() -> None:
 @click.option("--fault-count", default=0, help="Inject into the next N batch requests.")
 @click.option("--fault-delay", default=2.0, help="Seconds, for timeout and slow.")
 @click.option("--seed", default=0, help="Fault seed.")
+@click.option("--tls-cert", default=None, help="Serve HTTPS with this certificate (PEM).")
+@click.option("--tls-key", default=None, help="Its private key (PEM).")
+@click.option("--client-ca", default=None, help="mTLS: require client certificates from this CA.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request.")
 def province_serve(
     listen: str, data: str, pubkey: tuple[str, ...], fault: str, fault_rate: float,
-    fault_count: int, fault_delay: float, seed: int, verbose: bool,
+    fault_count: int, fault_delay: float, seed: int, tls_cert: str | None,
+    tls_key: str | None, client_ca: str | None, verbose: bool,
 ) -> None:  # fmt: skip
     """Receive, verify and keep batches; inject faults for tests."""
     from haochaping.simulator import province
@@ -234,11 +238,12 @@ def province_serve(
         host, port = province.parse_listen(listen)
         plan = province.FaultPlan(fault, fault_rate, fault_count, fault_delay, seed)
         recv = province.Receiver(
-            data, host=host, port=port, pubkeys=pubkey, faults=plan, verbose=verbose
-        )
+            data, host=host, port=port, pubkeys=pubkey, faults=plan, verbose=verbose,
+            tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca,
+        )  # fmt: skip
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e
-    click.echo(f"listening on http://{host}:{recv.port}/batches", nl=True)
+    click.echo(f"listening on {recv.scheme}://{host}:{recv.port}/batches", nl=True)
     sys.stdout.flush()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=recv.server.shutdown).start())
     try:

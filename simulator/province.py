@@ -41,6 +41,7 @@ import json
 import random
 import socket
 import sqlite3
+import ssl
 import struct
 import sys
 import threading
@@ -346,9 +347,18 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr: tuple[str, int], store: Store, faults: Faults, verbose: bool) -> None:
+    def __init__(
+        self,
+        addr: tuple[str, int],
+        store: Store,
+        faults: Faults,
+        verbose: bool,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         super().__init__(addr, _Handler)
         self.store, self.faults, self.verbose = store, faults, verbose
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that gave up (time-out fault) or a dropped connection is expected here.
@@ -370,10 +380,22 @@ class Receiver:
         pubkeys: tuple[str, ...] = (),
         faults: FaultPlan | None = None,
         verbose: bool = False,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        client_ca: str | None = None,
     ) -> None:
         self.store = Store(data_dir, pubkeys)
         self.faults = Faults(faults)
-        self.server = _Server((host, port), self.store, self.faults, verbose)
+        ctx = None
+        if tls_cert:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(tls_cert, tls_key)
+            if client_ca:  # mTLS: only halls with a certificate from this CA get in
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(client_ca)
+        self.scheme = "https" if ctx else "http"
+        self.server = _Server((host, port), self.store, self.faults, verbose, ctx)
         self.thread: threading.Thread | None = None
 
     @property
@@ -382,7 +404,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/batches"
+        return f"{self.scheme}://127.0.0.1:{self.port}/batches"
 
     def start(self) -> Receiver:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -131,5 +131,5 @@ def drain(n: int, batch_size: int = 1000, keep: str | None = None) -> dict[str, 
         "drain_s": round(drain_s, 2),
         "ratings_per_s": round(n / drain_s),
         "db_mib": round(size / 2**20, 1),
-        "delivered": st2["batches"]["acked"] and n - st2["unbatchedRatings"],
+        "delivered": n - st2["unbatchedRatings"] - st2["pendingRatings"],
     }

@@ -1,0 +1,78 @@
+"""The uplink's commands as a technician runs them: keys, province serve, uplink run/status."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import stat
+import subprocess
+import sys
+import urllib.request
+
+from haochaping.daemon import keys, store
+from haochaping.daemon.uplink import bench
+
+
+def hcp(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "haochaping", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_keys_init_show_rotate(tmp_path):
+    d = tmp_path / "k"
+    p = hcp("keys", "init", "--dir", str(d))
+    assert p.returncode == 0, p.stderr
+    assert stat.S_IMODE(os.stat(d / "signing.key").st_mode) == 0o600
+    info = keys.info(d)
+    assert f"fingerprint: SHA256:{info.fingerprint}" in p.stdout
+    assert "BEGIN PUBLIC KEY" in p.stdout and "PRIVATE" not in p.stdout
+    again = hcp("keys", "init", "--dir", str(d))
+    assert again.returncode == 1 and "exists" in again.stderr
+    shown = json.loads(hcp("keys", "show", "--dir", str(d), "--json").stdout)
+    assert shown["keyId"] == info.key_id
+    rot = json.loads(hcp("keys", "rotate", "--dir", str(d), "--json").stdout)
+    assert rot["retired"] == info.key_id and rot["new"]["keyId"] != info.key_id
+    assert sorted(p.stem for p in (d / "keyring").glob("*.pem")) == sorted(
+        [info.key_id, rot["new"]["keyId"]]
+    )
+
+
+def test_uplink_run_spool_and_status(tmp_path):
+    keys.init(tmp_path / "k")
+    st = store.Store(tmp_path / "hall.sqlite")
+    bench.fill(st, 12, random.Random(1))
+    st.close()
+    db = str(tmp_path / "hall.sqlite")
+    p = hcp("uplink", "run", "--db", db, "--hall", "hall-c", "--keys", str(tmp_path / "k"),
+            "--spool", str(tmp_path / "out"), "--batch-size", "5", "--max-age", "0",
+            "--until-idle")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    s = json.loads(hcp("uplink", "status", "--db", db).stdout)
+    assert s["batches"]["spooled"] == 3 and s["unbatchedRatings"] == 0
+    both = hcp("uplink", "run", "--db", db, "--hall", "hall-c", "--keys", str(tmp_path / "k"))
+    assert both.returncode == 1 and "exactly one" in both.stderr
+    other = hcp("uplink", "run", "--db", db, "--hall", "hall-X", "--keys", str(tmp_path / "k"),
+                "--spool", str(tmp_path / "o2"), "--until-idle")  # fmt: skip
+    assert other.returncode == 1 and "belongs to hall" in other.stderr
+
+
+def test_province_serve_command(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "haochaping", "province", "serve", "--listen", "127.0.0.1:0",
+         "--data", str(tmp_path / "prov")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("listening on http://127.0.0.1:"), line
+        base = line.split()[-1].rsplit("/", 1)[0]
+        with urllib.request.urlopen(base + "/admin/stats", timeout=5) as r:
+            assert json.loads(r.read()) == {"batches": 0, "records": 0, "faults": {
+                "none": 0, "refuse": 0, "5xx": 0, "timeout": 0, "slow": 0,
+                "close_after_commit": 0}}  # fmt: skip
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+    assert (tmp_path / "prov" / "province.sqlite").exists()

@@ -44,11 +44,35 @@ def selfcheck(as_json: bool) -> None:
 
 
 @main.command()
-@click.pass_context
-def demo(ctx: click.Context) -> None:
-    """Run the whole hall on this machine (for now: the protocol self-check)."""
-    click.echo("haochaping demo: the simulated hall is not built yet; running the protocol self-check.")
-    ctx.invoke(selfcheck)
+@click.option(
+    "--terminals",
+    default=4,
+    show_default=True,
+    help="Virtual terminals on pseudo-terminal serial links.",
+)
+@click.option("--mqtt/--no-mqtt", "mqtt", default=None,
+              help="Also run terminals over MQTT (default: if a mosquitto binary is on PATH).")  # fmt: skip
+@click.option("--cases", default=6, show_default=True, help="Finished cases (办件) per window.")
+@click.option("--seed", default=1, show_default=True, help="Seed of the citizens' choices.")
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Use and keep this state directory.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def demo(
+    terminals: int, mqtt: bool | None, cases: int, seed: int, keep: str | None, as_json: bool
+) -> None:
+    """Run the whole hall on this machine: daemon, uplink, provincial receiver and
+    virtual terminals; exit 0 only if every pressed rating reached the receiver once."""
+    import shutil
+
+    from haochaping.cmd_sim import run_hall
+
+    if mqtt is None:
+        mqtt = shutil.which("mosquitto") is not None
+    run_hall(terminals, 2 if mqtt else 0, cases, seed, keep, as_json)
 
 
 @main.group()
@@ -74,7 +98,7 @@ def bench_protocol(as_json: bool, seconds: float) -> None:
 from haochaping.cmd_daemon import daemon as _dm, ingest as _ingest; main.add_command(_dm); bench.add_command(_ingest)  # noqa: E402,I001
 
 from haochaping.cmd_uplink import register as _uplink_register; _uplink_register(main)  # noqa: E402,I001
-from haochaping.cmd_sim import sim as _sim; main.add_command(_sim)  # noqa: E402,I001
+from haochaping.cmd_sim import sim as _sim; main.add_command(_sim)  # noqa: E402,E702,I001
 
 if __name__ == "__main__":
     main()

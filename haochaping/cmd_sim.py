@@ -13,11 +13,168 @@ import click
 
 
 @click.group("sim", invoke_without_command=True)
+@click.option(
+    "--terminals", default=4, show_default=True, help="Virtual terminals (one window each)."
+)
+@click.option(
+    "--transport",
+    type=click.Choice(["serial", "mqtt", "both"]),
+    default="serial",
+    show_default=True,
+    help="Pseudo-terminal serial links, a real Mosquitto broker, or both.",
+)
+@click.option("--cases", default=5, show_default=True, help="Finished cases (办件) per window.")
+@click.option(
+    "--runtime",
+    type=click.Choice(["cpython", "micropython"]),
+    default="cpython",
+    show_default=True,
+    help="micropython: the first terminal runs on real MicroPython (wasm, Node.js).",
+)
+@click.option("--seed", default=1, show_default=True, help="Seed of the citizens' choices.")
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="State directory to use and keep (default: a temporary one).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
-def sim(ctx: click.Context) -> None:
-    """Simulated terminals and halls; `hcp sim check` runs the whole-system simulation."""
-    if ctx.invoked_subcommand is None:
-        click.echo(ctx.get_help())
+def sim(
+    ctx: click.Context,
+    terminals: int,
+    transport: str,
+    cases: int,
+    runtime: str,
+    seed: int,
+    keep: str | None,
+    as_json: bool,
+) -> None:
+    """A simulated hall with real processes (daemon, uplink, provincial receiver,
+    Mosquitto) and virtual terminals running firmware/; `hcp sim check` runs the
+    deterministic whole-system simulation instead."""
+    if ctx.invoked_subcommand is not None:
+        return
+    n_serial, n_mqtt = terminals, 0
+    if transport == "mqtt":
+        n_serial, n_mqtt = 0, terminals
+    elif transport == "both":
+        n_serial, n_mqtt = terminals - terminals // 2, terminals // 2
+    run_hall(n_serial, n_mqtt, cases, seed, keep, as_json, runtime)
+
+
+def run_hall(
+    n_serial: int,
+    n_mqtt: int,
+    cases: int,
+    seed: int,
+    keep: str | None,
+    as_json: bool,
+    runtime: str = "cpython",
+) -> None:
+    """Run a hall, show it live, print the summary, exit 0 only if nothing was lost."""
+    from haochaping.simulator import hall
+
+    if n_serial + n_mqtt < 1:
+        raise click.ClickException("at least one terminal")
+    if cases < 1:
+        raise click.ClickException("--cases must be at least 1")
+    opts = hall.HallOptions(
+        terminals=n_serial,
+        mqtt_terminals=n_mqtt,
+        cases=cases,
+        seed=seed,
+        state_dir=keep,
+        keep=keep is not None,
+        runtime=runtime,
+    )
+    try:
+        if as_json:
+            summary, details, ok = hall.run(opts)
+        else:
+            summary, details, ok = _live(hall, opts)
+    except hall.HallError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        _print_summary(summary, details, ok)
+    sys.exit(0 if ok else 1)
+
+
+def _live(hall, opts):  # type: ignore[no-untyped-def]
+    from rich.console import Group
+    from rich.live import Live
+    from rich.table import Table
+
+    def render(s):  # type: ignore[no-untyped-def]
+        head = Table.grid(padding=(0, 3))
+        head.add_row(
+            "[bold]hall[/bold] " + s.phase,
+            f"pressed [bold]{s.pressed}[/bold]",
+            f"stored [bold]{s.stored}[/bold]",
+            f"at the province [bold]{s.acknowledged}[/bold]",
+        )
+        t = Table(show_edge=False, box=None)
+        t.add_column("window")
+        t.add_column("cases", justify="right")
+        t.add_column("ratings", justify="right")
+        for w, (c, r) in sorted(s.windows.items()):
+            t.add_row(w, str(c), str(r))
+        return Group(head, t)
+
+    with Live(
+        render(hall.Snapshot(phase="starting")), refresh_per_second=8, transient=True
+    ) as live:
+        return hall.run(opts, lambda s: live.update(render(s)))
+
+
+def _print_summary(s, details, ok) -> None:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title="hall summary", show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("", justify="right")
+    labels = [
+        ("pressed", "ratings pressed (THANKS shown)"),
+        ("journaled", "journaled on the terminals"),
+        ("stored", "stored by the daemon (SQLite)"),
+        ("forwarded", "forwarded in signed batches"),
+        ("acknowledged", "acknowledged by the province"),
+        ("lost", "lost"),
+        ("duplicates", "duplicates"),
+        ("signatures_verified", "signatures verified"),
+        ("bad_ratings", "差评 (level <= 2)"),
+        ("alerts", "差评 alerts raised"),
+        ("seconds", "seconds"),
+    ]
+    for k, label in labels:
+        t.add_row(label, str(s[k]))
+    con.print(t)
+    w = Table(title="satisfaction per window")
+    for col in ("window", "ratings", "差评", "mean level", "满意率 %"):
+        w.add_column(col, justify="right" if col != "window" else "left")
+    for win, v in details["windows"].items():
+        w.add_row(
+            win,
+            str(v["ratings"]),
+            str(v["bad"]),
+            "{:.2f}".format(v["mean"]),
+            "{:.1f}".format(v["satisfaction_pct"]),
+        )
+    con.print(w)
+    for e in details.get("errors", []):
+        con.print(f"[red]error[/red] {e}")
+    if details.get("state_dir"):
+        con.print("state kept in {}".format(details["state_dir"]))
+    if ok:
+        con.print(
+            "[green]OK[/green]: every pressed rating reached the provincial receiver exactly once"
+        )
+    else:
+        con.print("[red]FAILED[/red]: ratings were lost, duplicated or mis-bound (see above)")
 
 
 @sim.command("check")

@@ -227,7 +227,7 @@ def check_cmd(
         t = report.totals
         click.echo(
             f"{report.passed} seeds passed in {report.seconds:.1f} s: "
-            f"{t.get('pressed', 0)} presses, {t.get('thanks', 0)} THANKS, "
+            f"{t.get('presses', 0)} presses, {t.get('thanks', 0)} THANKS, "
             f"{t.get('at_receiver', 0)} at the receiver exactly once, "
             f"{t.get('daemon_starts', 0) - report.passed} daemon restarts, "
             f"{t.get('power_cut', 0)} power cuts, {t.get('write_cut', 0)} torn writes"
@@ -270,3 +270,41 @@ def _fail_exit(failures, as_json, report, bug) -> None:  # type: ignore[no-untyp
         if len(failures) > 20:
             click.echo(f"... and {len(failures) - 20} more", err=True)
     sys.exit(1)
+
+
+@sim.command("day")
+@click.option("--terminals", default=20, show_default=True, help="Windows, one terminal each.")
+@click.option("--hours", default=8.0, show_default=True, help="Opening hours to simulate.")
+@click.option("--seed", default=1, show_default=True, help="Seed of the citizens' choices.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def day_cmd(terminals: int, hours: float, seed: int, as_json: bool) -> None:
+    """A fault-free working day of a hall on the virtual clock (the real firmware,
+    daemon core and store, uplink and receiver checks), as fast as it runs."""
+    import time
+
+    from haochaping.simulator import vopr
+
+    if terminals < 1 or hours <= 0:
+        raise click.ClickException("--terminals and --hours must be positive")
+    t0 = time.perf_counter()
+    try:
+        res = vopr.run(seed, plan=vopr.Plan.day(terminals, hours))
+    except vopr.SimFailure as e:
+        raise click.ClickException(str(e)) from None
+    wall = time.perf_counter() - t0
+    out = {
+        "terminals": terminals,
+        "virtual_hours": round(res.virtual_ms / 3_600_000, 2),
+        "wall_seconds": round(wall, 2),
+        "ratings": res.stats["thanks"],
+        "at_receiver": res.stats["at_receiver"],
+        "batches": res.stats["batches_accepted"],
+        "speedup": round(res.virtual_ms / 1000 / wall),
+    }
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        click.echo(
+            f"{terminals} terminals, {out['virtual_hours']} simulated hours in {out['wall_seconds']} s "
+            f"(x{out['speedup']}): {out['ratings']} ratings, every one at the receiver exactly once"
+        )

@@ -78,6 +78,7 @@ from haochaping.simulator import province
 TICK_MS = 50  # one turn of every main loop
 PRESS_HOLD_MS = 100  # a button is held this long (debounce is 30 ms)
 UPLINK_EVERY_MS = 500  # the uplink loop's turn
+MAX_JUMP_MS = 1000  # when nothing is in flight, the clock may skip ahead this far
 HEAL_MAX_MS = 15 * 60 * 1000  # after the faults stop, everything drains within this
 HALL = "sim-hall"
 BUGS = ("ack_before_commit", "free_before_ack")
@@ -127,7 +128,21 @@ class Plan:
     ack_lost: float = 0.0
     skew: bool = False
     batch_size: int = 5
+    case_gap_ms: tuple[int, int] = (4000, 40_000)  # between two cases at one window
     faults: list[str] = field(default_factory=list)
+
+    @classmethod
+    def day(cls, terminals: int = 20, hours: float = 8.0) -> Plan:
+        """A fault-free working day: a case every 1-5 minutes at every window."""
+        gap = (60_000, 300_000)
+        return cls(
+            terminals=terminals,
+            cases=max(1, int(hours * 3_600_000 / ((gap[0] + gap[1]) / 2))),
+            capacity=2000,
+            no_case_record=False,
+            batch_size=200,
+            case_gap_ms=gap,
+        )
 
     @classmethod
     def draw(cls, rng: random.Random) -> Plan:
@@ -607,19 +622,23 @@ class Result:
 
 
 class Sim:
-    def __init__(self, seed: int, workdir: Path, bug: str | None = None) -> None:
+    def __init__(
+        self, seed: int, workdir: Path, bug: str | None = None, plan: Plan | None = None
+    ) -> None:
         if bug is not None and bug not in BUGS:
-            raise ValueError("bug is one of {}".format(", ".join(BUGS)))
+            raise ValueError("bug is one of " + ", ".join(BUGS))
         self.seed = seed
         self.bug = bug
         self.rng = random.Random(seed)
-        self.plan = Plan.draw(self.rng)
+        self.plan = plan if plan is not None else Plan.draw(self.rng)
+        self.next_uplink = 0
+        self.turns = 0
         self.now = 0
         self.events: list[tuple[int, int, Callable[[], None]]] = []
         self.n_events = 0
         self.faulty = True
         self.stats: dict[str, int] = {
-            "pressed": 0,
+            "presses": 0,
             "thanks": 0,
             "journaled": 0,
             "stored": 0,
@@ -772,7 +791,7 @@ class Sim:
         for vt in self.vts:
             t = r.randint(3000, 8000)
             for k in range(self.plan.cases):
-                t += r.randint(4000, 40_000)
+                t += r.randint(*self.plan.case_gap_ms)
                 token = r.randint(1, 0xFFFFFFFF)
                 while token in used:
                     token = r.randint(1, 0xFFFFFFFF)
@@ -829,7 +848,7 @@ class Sim:
 
     def _citizen_press(self, vt: VTerm, button: int) -> Callable[[], None]:
         def fire() -> None:
-            self.stats["pressed"] += 1
+            self.stats["presses"] += 1
             vt.press(button)
 
         return fire
@@ -926,8 +945,40 @@ class Sim:
         else:
             for vt in self.vts:
                 vt.up.due(self.now)
-        if self.now % UPLINK_EVERY_MS == 0:
+        if self.now >= self.next_uplink:
+            self.next_uplink = self.now + UPLINK_EVERY_MS
             self._uplink_step()
+        self.turns += 1
+
+    def _advance(self) -> None:
+        """The next turn: one tick, or, when nothing is in flight anywhere, a
+        jump to the next thing due (an event, a deadline, a STATUS), at most
+        MAX_JUMP_MS: what the firmware does at each step is unchanged."""
+        nxt = self.now + MAX_JUMP_MS
+        if self.events:
+            nxt = min(nxt, self.events[0][0])
+        nxt = min(nxt, self.next_uplink)
+        for vt in self.vts:
+            if vt.up.q or vt.down.q:
+                nxt = 0
+                break
+            t = vt.term
+            if not vt.on or t is None or vt.board is None:
+                continue
+            s = t.session
+            if vt.board.mask or s.state != 2 or s.inflight or s.sent_upto < t.journal.head - 1:
+                nxt = 0
+                break
+            if vt.board.transport.frames:  # type: ignore[attr-defined]
+                nxt = 0
+                break
+            ticks = vt.ticks(self.now)
+            d = t.ev.deadline_in(ticks)
+            if d >= 0:
+                nxt = min(nxt, self.now + int(d / vt.rate))
+            st = ui.ticks_diff(s.status_at + s.status_ms, ticks)
+            nxt = min(nxt, self.now + int(max(st, 0) / vt.rate))
+        self.now = max(self.now + TICK_MS, nxt)
 
     def run(self) -> Result:
         for vt in self.vts:
@@ -935,7 +986,7 @@ class Sim:
         self.daemon.start(self.daemon.now())
         end = self._schedule()
         while self.now < end:
-            self.now += TICK_MS
+            self._advance()
             self._turn()
         # Heal: the faults stop; everything must drain.
         self.faulty = False
@@ -949,11 +1000,14 @@ class Sim:
         if not self.daemon.up:
             self.daemon.start(self.daemon.now())
         heal_end = self.now + HEAL_MAX_MS
+        next_check = self.now
         while True:
-            self.now += TICK_MS
+            self._advance()
             self._turn()
-            if self.now % 1000 == 0 and self._drained():
-                break
+            if self.now >= next_check:
+                next_check = self.now + 1000
+                if self._drained():
+                    break
             if self.now >= heal_end:
                 self._final_check()
                 self.fail(
@@ -961,6 +1015,7 @@ class Sim:
                     f"not drained {HEAL_MAX_MS // 1000} s after the faults stopped: {self._backlog()}",
                 )
         self._final_check()
+        self.stats["turns"] = self.turns
         return Result(self.seed, self.plan, self.now, dict(self.stats))
 
     def _drained(self) -> bool:
@@ -1037,20 +1092,22 @@ def _workdir_base() -> str | None:
     return str(shm) if shm.is_dir() else None
 
 
-def run(seed: int, bug: str | None = None, keep: str | None = None) -> Result:
+def run(
+    seed: int, bug: str | None = None, keep: str | None = None, plan: Plan | None = None
+) -> Result:
     """One deterministic run; raises SimFailure.  ``keep``: run in this
     directory and leave the files (SQLite, receiver) for inspection."""
     if keep is not None:
         d = Path(keep)
         d.mkdir(parents=True, exist_ok=True)
-        return _run_in(seed, bug, d)
+        return _run_in(seed, bug, d, plan)
     with tempfile.TemporaryDirectory(prefix="hcp-vopr-", dir=_workdir_base()) as tmp:
-        return _run_in(seed, bug, Path(tmp))
+        return _run_in(seed, bug, Path(tmp), plan)
 
 
-def _run_in(seed: int, bug: str | None, d: Path) -> Result:
+def _run_in(seed: int, bug: str | None, d: Path, plan: Plan | None = None) -> Result:
     with _no_os_sync(), _quiet():
-        sim = Sim(seed, d, bug)
+        sim = Sim(seed, d, bug, plan)
         try:
             return sim.run()
         except SimFailure:

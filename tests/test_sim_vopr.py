@@ -122,3 +122,19 @@ def test_cli_keep_leaves_the_files(tmp_path) -> None:  # type: ignore[no-untyped
     assert r.exit_code == 0, r.output
     assert (tmp_path / "run" / "hall.sqlite").exists()
     assert (tmp_path / "run" / "province" / "province.sqlite").exists()
+
+
+def test_a_fault_free_day_delivers_everything() -> None:
+    res = vopr.run(3, plan=vopr.Plan.day(terminals=3, hours=1.0))
+    assert res.virtual_ms >= 3_000_000  # cases over the hour, then the drain
+    assert res.stats["thanks"] > 20
+    assert res.stats["at_receiver"] == res.stats["thanks"] == res.stats["stored"]
+    # Nothing in flight most of the time: the clock skipped ahead.
+    assert res.stats["turns"] < res.virtual_ms // vopr.TICK_MS // 2
+
+
+def test_cli_day_json() -> None:
+    r = CliRunner().invoke(main, ["sim", "day", "--terminals", "2", "--hours", "0.5", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["ratings"] == d["at_receiver"] > 0

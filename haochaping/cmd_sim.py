@@ -154,17 +154,20 @@ def _print_summary(s, details, ok) -> None:  # type: ignore[no-untyped-def]
         t.add_row(label, str(s[k]))
     con.print(t)
     w = Table(title="satisfaction per window")
-    for col in ("window", "ratings", "差评", "mean level", "满意率 %"):
-        w.add_column(col, justify="right" if col != "window" else "left")
+    for col in ("window", "link", "ratings", "差评", "mean level", "满意率 %"):
+        w.add_column(col, justify="left" if col in ("window", "link") else "right")
     for win, v in details["windows"].items():
         w.add_row(
             win,
+            v["transport"],
             str(v["ratings"]),
             str(v["bad"]),
             "{:.2f}".format(v["mean"]),
             "{:.1f}".format(v["satisfaction_pct"]),
         )
     con.print(w)
+    for v in details.get("micropython", []):
+        con.print(f"one terminal ran on real MicroPython ({v}, WebAssembly port under Node.js)")
     for e in details.get("errors", []):
         con.print(f"[red]error[/red] {e}")
     if details.get("state_dir"):

@@ -52,6 +52,11 @@ from haochaping.protocol import mqtt as topics
 from haochaping.protocol.auth import Key
 
 HALL_ID = "demo-hall"
+MPY_HOST = Path(__file__).resolve().parent / "mpy" / "vterm.mjs"
+MPY_PACKAGE = (
+    Path(__file__).resolve().parent.parent / "tests" / "mpy" / "node_modules" / "@micropython"
+    / "micropython-webassembly-pyscript" / "micropython.mjs"
+)  # fmt: skip
 LOOP_MS = 5  # the terminals' main loop period
 PRESS_MS = 80  # a citizen holds a button this long
 START_TIMEOUT_S = 30.0  # a part that is not up by then fails the run
@@ -288,6 +293,116 @@ class VirtualTerminal:
         return int(self.term.journal.writes)
 
 
+class MpyTerminal:
+    """firmware/ on real MicroPython: the WebAssembly port under Node.js
+    (simulator/mpy/vterm.mjs runs simulator/mpy/vterm.py there).  This side
+    only pumps the pseudo-terminal's bytes to and from the Node process; the
+    serial framing, the link, the evaluator and the journal all run on
+    MicroPython."""
+
+    def __init__(
+        self, tid: int, key: bytes, window_no: str, link: PtyLink, node: str, log: Path
+    ) -> None:
+        self.tid = tid
+        self.key = key
+        self.window_no = window_no
+        self.transport_kind = "serial/micropython"
+        self.link = link
+        self.confirmed: list[Confirmed] = []
+        self.thanks = threading.Event()
+        self.idle = threading.Event()
+        self.armed = threading.Event()
+        self.ready = threading.Event()
+        self.errors: list[str] = []
+        self.version = ""
+        self.mask = 0
+        self.journaled = 0
+        self.lock = threading.Lock()
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [node, str(MPY_HOST), str(tid), key.hex()],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
+        )  # fmt: skip
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="mpy-out", daemon=True)
+        self._pump = threading.Thread(target=self._pump_rx, name="mpy-in", daemon=True)
+        self._reader.start()
+        self._pump.start()
+        if not self.ready.wait(START_TIMEOUT_S):
+            raise HallError("MicroPython terminal did not start: {}".format("; ".join(self.errors)))
+
+    def _write(self, line: str) -> None:
+        with self.lock:
+            if self.proc.stdin is not None and self.proc.poll() is None:
+                try:
+                    self.proc.stdin.write(line + "\n")
+                    self.proc.stdin.flush()
+                except (BrokenPipeError, OSError):
+                    pass
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            if line.startswith("TX "):
+                self.link.write(bytes.fromhex(line[3:]))
+            elif line.startswith("THANKS "):
+                seq, level, reason, session, writes = (int(x) for x in line.split()[1:])
+                self.confirmed.append(Confirmed(self.tid, seq, level, reason, session))
+                self.journaled = writes
+                self.thanks.set()
+            elif line.startswith("SHOW "):
+                p = int(line[5:])
+                if p in (ui.P_IDLE, ui.P_FAULT):
+                    self.idle.set()
+                elif p == ui.P_ARMED:
+                    self.armed.set()
+            elif line.startswith("READY "):
+                self.version = line[6:]
+                self.ready.set()
+            elif line.startswith("ERROR "):
+                self.errors.append(line[6:])
+        if not self._stop.is_set():
+            self.errors.append(f"the MicroPython terminal exited (status {self.proc.poll()})")
+
+    def _pump_rx(self) -> None:
+        import select
+
+        fd = self.link.master
+        while not self._stop.is_set():
+            try:
+                r, _, _ = select.select([fd], [], [], 0.05)
+                if not r:
+                    continue
+                data = os.read(fd, 4096)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return
+            if data:
+                self._write("RX " + data.hex())
+
+    def step(self, now: int) -> None:
+        pass  # its main loop runs in the Node process
+
+    def press(self, button: int) -> None:
+        self.mask |= 1 << button
+        self._write(f"M {self.mask}")
+        time.sleep(PRESS_MS / 1000)
+        self.mask &= ~(1 << button)
+        self._write(f"M {self.mask}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._write("Q")
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
 # ---------------------------------------------------------------- the hall
 
 
@@ -318,7 +433,7 @@ class Hall:
         self.opts = opts
         self.rng = random.Random(opts.seed)
         self.procs: dict[str, subprocess.Popen[Any]] = {}
-        self.vts: list[VirtualTerminal] = []
+        self.vts: list[VirtualTerminal | MpyTerminal] = []
         self.stop = threading.Event()
         self.loop_thread: threading.Thread | None = None
         self.errors: list[str] = []
@@ -348,8 +463,21 @@ class Hall:
         return p
 
     def start(self) -> None:
-        if self.opts.runtime != "cpython":
-            raise HallError(f"runtime {self.opts.runtime!r} is not available yet")
+        node = None
+        if self.opts.runtime == "micropython":
+            node = shutil.which("node")
+            if node is None:
+                raise HallError("--runtime micropython needs Node.js (node) on PATH")
+            if not MPY_PACKAGE.exists() and not os.environ.get("HCP_MPY_PACKAGE"):
+                raise HallError(
+                    "--runtime micropython needs MicroPython's WebAssembly port: run `npm ci` in tests/mpy"
+                )
+            if self.opts.terminals < 1:
+                raise HallError(
+                    "--runtime micropython runs the first serial terminal on MicroPython"
+                )
+        elif self.opts.runtime != "cpython":
+            raise HallError("runtime is cpython or micropython")
         d = self.dir
         for sub in ("tty", "terminals", "province"):
             (d / sub).mkdir(exist_ok=True)
@@ -397,6 +525,10 @@ class Hall:
         # Terminals first (their ptys must exist when the daemon scans).
         for tid, key, window, kind in plan:
             link: PtyLink | MqttLink
+            if kind == "serial" and node is not None and not self.vts:
+                pty = PtyLink(d / "tty" / (f"term-{tid:08x}"))
+                self.vts.append(MpyTerminal(tid, key, window, pty, node, d / f"mpy-{tid:08x}.log"))
+                continue
             if kind == "serial":
                 link = PtyLink(d / "tty" / (f"term-{tid:08x}"))
             else:
@@ -468,13 +600,15 @@ class Hall:
                 p.kill()
                 p.wait()
         for vt in self.vts:
+            if isinstance(vt, MpyTerminal):
+                vt.close()
             vt.link.close()
         if self._tmp is not None and not self.opts.keep:
             self._tmp.cleanup()
 
     # ------------------------------------------------------------ the scenario
 
-    def _window(self, vt: VirtualTerminal, n_cases: int, rng: random.Random) -> None:
+    def _window(self, vt: VirtualTerminal | MpyTerminal, n_cases: int, rng: random.Random) -> None:
         """One window: the business system posts a case, a citizen rates it."""
         for k in range(n_cases):
             if self.stop.is_set():
@@ -656,7 +790,9 @@ class Hall:
                 vt.transport_kind: sum(1 for v in self.vts if v.transport_kind == vt.transport_kind)
                 for vt in self.vts
             },  # fmt: skip
-            "errors": list(self.errors),
+            "errors": list(self.errors)
+            + [e for vt in self.vts if isinstance(vt, MpyTerminal) for e in vt.errors],
+            "micropython": [vt.version for vt in self.vts if isinstance(vt, MpyTerminal)],
             "state_dir": str(self.dir) if (self.opts.keep or self.opts.state_dir) else None,
         }
         return out
@@ -669,7 +805,7 @@ class Hall:
             and s["acknowledged"] == s["pressed"]
             and s["signatures_verified"]
             and self.details["wrong_binding"] == 0
-            and not self.errors
+            and not self.details["errors"]
         )
 
 

@@ -60,3 +60,17 @@ def test_sim_command_runs_a_hall_over_mqtt(mosquitto_bin: str, monkeypatch) -> N
     assert r.exit_code == 0, r.output
     s = json.loads(r.output.strip().splitlines()[-1])
     assert s["lost"] == 0 and s["acknowledged"] == s["pressed"] > 0
+
+
+def test_runtime_micropython_terminal_end_to_end(micropython, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """One terminal runs firmware/ on real MicroPython (wasm under Node.js),
+    its serial framing included, through the daemon and uplink to the receiver."""
+    opts = hall.HallOptions(terminals=2, cases=3, seed=3, runtime="micropython",
+                            state_dir=str(tmp_path / "hall"), keep=True)  # fmt: skip
+    s, d, ok = hall.run(opts)
+    assert ok, (s, d)
+    assert d["micropython"] and d["micropython"][0].startswith("micropython 1.")
+    mpy_windows = [w for w, v in d["windows"].items() if v["transport"] == "serial/micropython"]
+    assert mpy_windows == ["W01"]
+    assert d["windows"]["W01"]["ratings"] >= 2  # rated on MicroPython, verified at the receiver
+    assert s["acknowledged"] == s["pressed"]

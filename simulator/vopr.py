@@ -125,6 +125,7 @@ class Plan:
     crash_after_commit: float = 0.0
     uplink_crashes: int = 0
     outages: int = 0
+    disk_fulls: int = 0  # windows in which every commit fails with StoreFull
     ack_lost: float = 0.0
     skew: bool = False
     batch_size: int = 5
@@ -186,6 +187,8 @@ class Plan:
         if on("ack_lost"):
             p.ack_lost = rng.uniform(0.05, 0.5)
         p.skew = on("clock_skew")
+        if on("disk_full"):
+            p.disk_fulls = rng.randint(1, 3)
         return p
 
 
@@ -530,6 +533,14 @@ class Daemon:
                 sim.daemon_sent(tid, frame)
         if sim.crash_now("before_commit"):
             return
+        if sim.disk_full and sim.faulty:
+            # What the service does on StoreFull: nothing was committed, keep
+            # the terminal state for the next commit, tell the terminals.
+            core.restore_updates(upd, boots)
+            for tid, frame in core.failed(group):
+                sim.daemon_sent(tid, frame)
+            sim.count("commits_refused_disk_full")
+            return
         stored = self.store.commit(group, now, upd, boots, refusals)
         sim.stats["stored"] += sum(1 for s in stored if s.id is not None)
         if group and sim.crash_now("after_commit"):
@@ -540,7 +551,7 @@ class Daemon:
 
     def post_case(self, vt: VTerm, case_no: str, token: int) -> bool:
         """The window business system's "case finished at window W"."""
-        if not self.up or self.core is None or self.store is None:
+        if not self.up or self.core is None or self.store is None or self.sim.disk_full:
             return False
         sim = self.sim
         now = self.now()
@@ -669,6 +680,7 @@ class Sim:
         shutil.copy(keys_dir / keys.KEYRING / (info.key_id + ".pem"), pdir / "keys")
         self.receiver = province.Store(pdir)
         self.province_down = False
+        self.disk_full = False
         self.pending_crashes = 0
         self.next_crash_at = 0
         self.crash_where = "before_commit"
@@ -816,6 +828,10 @@ class Sim:
             t0 = r.randint(0, end)
             self.at(t0, self._province(False))
             self.at(t0 + r.randint(5_000, 120_000), self._province(True))
+        for _ in range(self.plan.disk_fulls):
+            t0 = r.randint(0, end)
+            self.at(t0, self._disk(True))
+            self.at(t0 + r.randint(2_000, 60_000), self._disk(False))
         for _ in range(self.plan.uplink_crashes):
             self.at(r.randint(0, end), self._uplink_crash)
         self.pending_crashes = self.plan.daemon_crashes
@@ -887,6 +903,14 @@ class Sim:
                 self.province_down = not up
                 if not up:
                     self.count("province_outage")
+
+        return fire
+
+    def _disk(self, full: bool) -> Callable[[], None]:
+        def fire() -> None:
+            self.disk_full = full and self.faulty
+            if self.disk_full:
+                self.count("disk_full")
 
         return fire
 
@@ -997,6 +1021,7 @@ class Sim:
             if vt.flash is not None:
                 vt.flash.cut_in = 0
         self.province_down = False
+        self.disk_full = False
         if not self.daemon.up:
             self.daemon.start(self.daemon.now())
         heal_end = self.now + HEAL_MAX_MS

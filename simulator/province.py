@@ -161,7 +161,7 @@ class Store:
         if doc["header"]["keyId"] not in self.keyring:
             self.keyring = self._load_keys()
         try:
-            v = batchmod.verify(body, self.keyring)
+            v = batchmod.verify_doc(doc, self.keyring)
         except batchmod.BatchError as e:
             status = {"key": 403, "signature": 403, "count": 400}.get(e.code, 422)
             raise Reject(status, e.code, str(e)) from e

@@ -91,7 +91,8 @@ def test_exactly_once_under_faults_and_kill9(tmp_path):
         try:
             for rnd in range(ROUNDS):
                 mode = FAULTS[rnd % len(FAULTS)]
-                set_faults(r.url, mode=mode, rate=0.35, seed=rnd, delay=0.5)
+                # the round's first batch request gets the fault, later ones with p = 0.35
+                set_faults(r.url, mode=mode, rate=0.35, count=1, seed=rnd, delay=0.5)
                 n = rng.randint(40, 250)
                 bench.fill(st, n, rng, start_seq=total + 1, group=rng.choice((1, 7, 50)))
                 total += n
@@ -125,7 +126,8 @@ def test_exactly_once_under_faults_and_kill9(tmp_path):
         st.close()
         stats = r.store.stats()
         assert stats["records"] == total, f"seed 20261125: {stats} vs {total}"
-        assert sum(r.faults.injected[m] for m in FAULTS if m != "none") >= ROUNDS
+        injected = r.faults.injected
+        assert all(injected[m] >= 1 for m in FAULTS if m != "none"), injected
         check_receiver_against_store(r, db, kd)
         assert runner.status(str(db))["batches"]["acked"] == stats["batches"]
     assert kills >= 15

@@ -109,7 +109,7 @@ def rating(i: int = 1, prev: bytes = chain.GENESIS, **kw) -> dict:
 
 def test_record_national_fields():
     rec = batch.build_record(rating(), CASE, ["too_fast"], batch.RecordConfig())
-    schema._validate(rec, schema.RECORD, "rec")
+    schema.validate_record(rec)
     assert rec["projectNo"] == "QD2026112500001" and rec["taskCode"] == CASE["item_code"]
     assert rec["taskHandleItem"] == "001" and rec["proDepart"] == "青岛市行政审批服务局"
     assert rec["winNo"] == "W12" and rec["proManager"] == "张三"
@@ -247,3 +247,32 @@ def test_key_files_mode_and_refusals(tmp_path):
     os.chmod(p, 0o644)
     with pytest.raises(keys.KeyFileError, match="chmod 600"):
         keys.load_private(p)
+
+
+@pytest.mark.parametrize(
+    "mutate,path",
+    [
+        (lambda d: d["header"].pop("keyId"), "$.header: missing keyId"),
+        (lambda d: d["header"].update(batchSeq=0), "$.header.batchSeq: outside"),
+        (lambda d: d["header"].update(batchSeq=True), "$.header.batchSeq: expected integer"),
+        (lambda d: d["header"].update(format="hcp-uplink/2"), "$.header.format: must be"),
+        (lambda d: d["records"][0].update(satisfaction="6"), "$.records[0].satisfaction: must be"),
+        (
+            lambda d: d["records"][0].update(assessTime="2025-11-25T10:00:00"),
+            "$.records[0].assessTime: does not match",
+        ),
+        (lambda d: d["records"][0].update(extra=1), "$.records[0]: unexpected member extra"),
+        (lambda d: d["records"][0].update(assessNumber=2), "$.records[0].assessNumber: must be 1"),
+        (lambda d: d["records"][0]["origin"].update(seq=-1), "$.records[0].origin.seq: outside"),
+        (lambda d: d["records"][0].update(flags=["x"] * 17), "$.records[0].flags: number of items"),
+        (lambda d: d.update(records=[]), "$.records: number of items"),
+        (lambda d: d.update(signature="abc"), "$.signature: does not match"),
+    ],
+)
+def test_schema_names_the_offending_member(keydir, mutate, path):
+    doc = json.loads(build(keys.load_private(keydir), rows(2)).body)
+    schema.validate(doc)
+    mutate(doc)
+    with pytest.raises(schema.SchemaError) as e:
+        schema.validate(doc)
+    assert str(e.value).startswith(path)

@@ -147,8 +147,10 @@ def build_record(
     return rec
 
 
-def signing_bytes(header: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> bytes:
-    return canonical.dumps({"header": header, "records": records})
+def signing_bytes(
+    header: Mapping[str, Any], records: Sequence[Mapping[str, Any]], schema_valid: bool = False
+) -> bytes:
+    return canonical.dumps({"header": header, "records": records}, schema_valid=schema_valid)
 
 
 def batch_hash(header: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> str:
@@ -223,7 +225,8 @@ def build(
     }
     signed = signing_bytes(header, records)
     sig = base64.b64encode(key.sign(signed)).decode()
-    body = canonical.dumps({"header": header, "records": records, "signature": sig})
+    # JCS sorts "signature" after "header" and "records": append it to the signed bytes.
+    body = canonical.with_member(signed, "signature", sig)
     return Built(
         seq=seq,
         batch_id=header["batchId"],
@@ -273,13 +276,17 @@ def verify(body: bytes, keyring: keys.Keyring) -> Verified:
     Continuity with the previous batch (prevBatchHash, chainPrev) needs state
     and is the caller's check.
     """
-    doc = parse(body)
+    return verify_doc(parse(body), keyring)
+
+
+def verify_doc(doc: dict[str, Any], keyring: keys.Keyring) -> Verified:
+    """``verify`` for a document already through ``parse`` (schema-valid)."""
     h, recs = doc["header"], doc["records"]
     if h["recordCount"] != len(recs):
         raise BatchError("count", f"recordCount {h['recordCount']} but {len(recs)} records")
     if h["keyId"] not in keyring:
         raise BatchError("key", "unknown signing key {}".format(h["keyId"]))
-    signed = signing_bytes(h, recs)
+    signed = signing_bytes(h, recs, schema_valid=True)
     if not keyring.verify(h["keyId"], base64.b64decode(doc["signature"]), signed):
         raise BatchError("signature", "signature does not verify")
     prev = bytes.fromhex(h["chainPrev"])

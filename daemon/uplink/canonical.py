@@ -34,36 +34,56 @@ class CanonicalError(ValueError):
 
 
 def _check(v: Any, depth: int) -> None:
+    # Hot path (every record of every batch): exact type tests, strings skipped
+    # (a lone surrogate makes the final UTF-8 encode fail, which dumps reports).
+    t = type(v)
+    if t is str or t is bool or v is None:
+        return
     if depth > MAX_DEPTH:
         raise CanonicalError(f"nested deeper than {MAX_DEPTH}")
-    if v is None or v is True or v is False:
-        return
-    if isinstance(v, int):
+    if t is int:
         if not -SAFE_INT <= v <= SAFE_INT:
             raise CanonicalError(f"integer outside the safe range: {v}")
-        return
-    if isinstance(v, str):
-        try:
-            v.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise CanonicalError("string with a lone surrogate") from e
-        return
-    if isinstance(v, list | tuple):
-        for x in v:
-            _check(x, depth + 1)
-        return
-    if isinstance(v, dict):
+    elif t is dict:
         for k, x in v.items():
-            if not isinstance(k, str) or not k.isascii():
+            if type(k) is not str or not k.isascii():
                 raise CanonicalError(f"object keys must be ASCII strings: {k!r}")
-            _check(x, depth + 1)
-        return
-    raise CanonicalError(f"type not allowed in a batch: {type(v).__name__}")
+            if type(x) is not str:
+                _check(x, depth + 1)
+    elif t is list or t is tuple:
+        for x in v:
+            if type(x) is not str:
+                _check(x, depth + 1)
+    else:
+        raise CanonicalError(f"type not allowed in a batch: {t.__name__}")
 
 
-def dumps(value: Any) -> bytes:
-    """The RFC 8785 canonical UTF-8 bytes of ``value``."""
-    _check(value, 0)
-    return json.dumps(
+def dumps(value: Any, *, schema_valid: bool = False) -> bytes:
+    """The RFC 8785 canonical UTF-8 bytes of ``value``.
+
+    ``schema_valid=True`` skips the domain walk for a document that already
+    passed ``schema.validate``: the schema bounds every integer below 2**53,
+    allows only its own ASCII member names and no floats, and a lone surrogate
+    still fails the final encode.
+    """
+    if not schema_valid:
+        _check(value, 0)
+    text = json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    )
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise CanonicalError("string with a lone surrogate") from e
+
+
+def with_member(canonical_object: bytes, key: str, value: str) -> bytes:
+    """Add ``key: value`` to canonical object bytes whose keys all sort before ``key``.
+
+    Lets the batch body reuse the signed bytes instead of serialising twice.
+    """
+    if not canonical_object.startswith(b"{") or not canonical_object.endswith(b"}"):
+        raise CanonicalError("not a canonical object")
+    member = dumps({key: value})[1:-1]
+    sep = b"," if len(canonical_object) > 2 else b""
+    return canonical_object[:-1] + sep + member + b"}"

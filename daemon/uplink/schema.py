@@ -1,8 +1,9 @@
 """The JSON Schema of an uplink batch, and the small validator that applies it.
 
 ``SCHEMA`` is the single source; ``docs/uplink.schema.json`` is this dict
-written out (a test keeps the two equal).  The validator implements exactly
-the JSON Schema (2020-12) keywords the schema uses: ``type``, ``properties``,
+written out (a test keeps the two equal).  The validator (compiled
+once into closures: the receiver checks every record of every batch)
+implements exactly the JSON Schema (2020-12) keywords the schema uses: ``type``, ``properties``,
 ``required``, ``additionalProperties: false``, ``pattern``, ``enum``,
 ``const``, ``minimum``, ``maximum``, ``minLength``, ``maxLength``, ``items``,
 ``minItems``, ``maxItems``.  A keyword it does not know raises SchemaError at
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 FORMAT = "hcp-uplink/1"
@@ -199,8 +201,11 @@ class SchemaError(ValueError):
     """The document does not match the batch schema; ``path`` says where."""
 
     def __init__(self, path: str, msg: str) -> None:
-        super().__init__("{}: {}".format(path or "$", msg))
-        self.path = path
+        super().__init__("{}: {}".format("$" + path, msg))
+        self.path, self.msg = path, msg
+
+    def under(self, prefix: str) -> SchemaError:
+        return SchemaError(prefix + self.path, self.msg)
 
 
 _KNOWN = {
@@ -223,15 +228,17 @@ _KNOWN = {
     "minItems",
     "maxItems",
 }
-_TYPES = {
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "null": lambda v: v is None,
-    "boolean": lambda v: isinstance(v, bool),
+# JSON types as the exact Python types json.loads produces (bool is not an integer).
+_PYTYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,),
+    "array": (list,),
+    "string": (str,),
+    "integer": (int,),
+    "null": (type(None),),
+    "boolean": (bool,),
 }
-_RE_CACHE: dict[str, re.Pattern[str]] = {}
+
+Check = Callable[[Any], None]
 
 
 def _lint(s: dict[str, Any], path: str = "") -> None:
@@ -247,56 +254,115 @@ def _lint(s: dict[str, Any], path: str = "") -> None:
             raise SchemaError(path, "only additionalProperties: false is implemented")
 
 
+def _compile(s: dict[str, Any]) -> Check:
+    """Turn one schema node into a function that raises SchemaError (path relative)."""
+    checks: list[Check] = []
+    if "type" in s:
+        names = s["type"] if isinstance(s["type"], list) else [s["type"]]
+        allowed = frozenset(t for n in names for t in _PYTYPES[n])
+        expected = "expected " + " or ".join(names)
+
+        def c_type(v: Any) -> None:
+            if type(v) not in allowed:
+                raise SchemaError("", expected)
+
+        checks.append(c_type)
+    if "const" in s:
+        const = s["const"]
+
+        def c_const(v: Any) -> None:
+            if type(v) is not type(const) or v != const:
+                raise SchemaError("", f"must be {const!r}")
+
+        checks.append(c_const)
+    if "enum" in s:
+        enum = frozenset(s["enum"])
+
+        def c_enum(v: Any) -> None:
+            if type(v) is not str or v not in enum:
+                raise SchemaError("", f"must be one of {sorted(enum)}")
+
+        checks.append(c_enum)
+    if {"minLength", "maxLength", "pattern"} & s.keys():
+        lo, hi = s.get("minLength", 0), s.get("maxLength", 1 << 62)
+        rx = re.compile(s["pattern"]) if "pattern" in s else None
+
+        def c_str(v: Any) -> None:
+            if type(v) is str:
+                if not lo <= len(v) <= hi:
+                    raise SchemaError("", "length out of range")
+                if rx is not None and rx.search(v) is None:
+                    raise SchemaError("", f"does not match {rx.pattern}")
+
+        checks.append(c_str)
+    if {"minimum", "maximum"} & s.keys():
+        mn, mx = s.get("minimum", -(1 << 62)), s.get("maximum", 1 << 62)
+
+        def c_int(v: Any) -> None:
+            if type(v) is int and not mn <= v <= mx:
+                raise SchemaError("", f"outside {mn}..{mx}")
+
+        checks.append(c_int)
+    if {"minItems", "maxItems", "items"} & s.keys():
+        lo_i, hi_i = s.get("minItems", 0), s.get("maxItems", 1 << 62)
+        item = _compile(s["items"]) if "items" in s else None
+
+        def c_list(v: Any) -> None:
+            if type(v) is list:
+                if not lo_i <= len(v) <= hi_i:
+                    raise SchemaError("", "number of items out of range")
+                if item is not None:
+                    for i, x in enumerate(v):
+                        try:
+                            item(x)
+                        except SchemaError as e:
+                            raise e.under(f"[{i}]") from None
+
+        checks.append(c_list)
+    if {"required", "properties", "additionalProperties"} & s.keys():
+        required = tuple(s.get("required", ()))
+        props = {k: _compile(sub) for k, sub in s.get("properties", {}).items()}
+        closed = s.get("additionalProperties") is False
+
+        def c_obj(v: Any) -> None:
+            if type(v) is dict:
+                for name in required:
+                    if name not in v:
+                        raise SchemaError("", f"missing {name}")
+                for name, x in v.items():
+                    sub = props.get(name)
+                    if sub is None:
+                        if closed:
+                            raise SchemaError("", f"unexpected member {name}")
+                        continue
+                    try:
+                        sub(x)
+                    except SchemaError as e:
+                        raise e.under("." + name) from None
+
+        checks.append(c_obj)
+    if len(checks) == 1:
+        return checks[0]
+
+    def run(v: Any) -> None:
+        for c in checks:
+            c(v)
+
+    return run
+
+
 _lint(SCHEMA)
-
-
-def _validate(v: Any, s: dict[str, Any], path: str) -> None:
-    t = s.get("type")
-    if t is not None:
-        names = t if isinstance(t, list) else [t]
-        if not any(_TYPES[n](v) for n in names):
-            raise SchemaError(path, "expected {}".format(" or ".join(names)))
-    if "const" in s and (v != s["const"] or type(v) is not type(s["const"])):
-        raise SchemaError(path, "must be {!r}".format(s["const"]))
-    if "enum" in s and v not in s["enum"]:
-        raise SchemaError(path, "must be one of {}".format(s["enum"]))
-    if isinstance(v, str):
-        if len(v) > s.get("maxLength", len(v)) or len(v) < s.get("minLength", 0):
-            raise SchemaError(path, "length out of range")
-        p = s.get("pattern")
-        if p is not None:
-            rx = _RE_CACHE.get(p) or _RE_CACHE.setdefault(p, re.compile(p))
-            if rx.search(v) is None:
-                raise SchemaError(path, f"does not match {p}")
-    elif isinstance(v, int) and not isinstance(v, bool):
-        if "minimum" in s and v < s["minimum"]:
-            raise SchemaError(path, f"below {s['minimum']}")
-        if "maximum" in s and v > s["maximum"]:
-            raise SchemaError(path, f"above {s['maximum']}")
-    elif isinstance(v, list):
-        if len(v) < s.get("minItems", 0) or len(v) > s.get("maxItems", len(v)):
-            raise SchemaError(path, "number of items out of range")
-        items = s.get("items")
-        if items is not None:
-            for i, x in enumerate(v):
-                _validate(x, items, f"{path}[{i}]")
-    elif isinstance(v, dict):
-        for name in s.get("required", ()):
-            if name not in v:
-                raise SchemaError(path, f"missing {name}")
-        props = s.get("properties", {})
-        for name, x in v.items():
-            sub = props.get(name)
-            if sub is None:
-                if s.get("additionalProperties") is False:
-                    raise SchemaError(path, f"unexpected member {name}")
-                continue
-            _validate(x, sub, path + "." + name)
+_VALIDATE = _compile(SCHEMA)
+_VALIDATE_RECORD = _compile(RECORD)
 
 
 def validate(doc: Any) -> None:
     """Raise SchemaError unless ``doc`` (parsed JSON) is a well-formed batch."""
-    _validate(doc, SCHEMA, "")
+    _VALIDATE(doc)
+
+
+def validate_record(rec: Any) -> None:
+    _VALIDATE_RECORD(rec)
 
 
 def schema_json() -> str:

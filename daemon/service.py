@@ -256,7 +256,8 @@ class Daemon:
             log.error("commit failed, not acknowledging: %s", e)
             self._send(core.failed(rows))
             return
-        if self.store_full:
+        if self.store_full and rows:
+            # only a group with ratings proves there is room again
             log.warning("store writable again; acknowledging")
             self.store_full = False
         self.metrics["commits"] += 1

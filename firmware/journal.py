@@ -59,6 +59,10 @@ VERSION = const(1)
 _META = ">2sBBIHIIH"  # magic, version, 0, gen, boot, acked, rx_last, capacity
 _META_BODY = const(20)
 _REC = ">IBBIIIH"  # messages._REC: the wire record
+# The same bytes with time and uptime as 16-bit halves: on 32-bit ports UTC
+# seconds (> 2**30) are not small ints, and building them would allocate in
+# the press path; the terminal computes the halves with small ints only.
+_REC_W = ">IBBIHHHHH"
 _ZEROS = const(256)
 
 
@@ -256,12 +260,26 @@ class Journal:
 
     def append(self, level, reason, flags, session, time_s, uptime_ms, boot):
         """Write one rating durably; return its seq.  Raises JournalFull."""
+        return self.append_w(
+            level,
+            reason,
+            flags,
+            session,
+            time_s >> 16,
+            time_s & 0xFFFF,
+            (uptime_ms >> 16) & 0xFFFF,
+            uptime_ms & 0xFFFF,
+            boot,
+        )
+
+    def append_w(self, level, reason, flags, session, t_hi, t_lo, up_hi, up_lo, boot):
+        """``append`` with time and uptime in 16-bit halves (allocation-free)."""
         if self.used >= self.capacity:
             raise JournalFull("journal full: %d unacknowledged ratings" % self.used)
         seq = self.head
         b = self._buf
         struct.pack_into(
-            _REC, b, 0, seq, level | (reason << 3), flags, session, time_s, uptime_ms, boot
+            _REC_W, b, 0, seq, level | (reason << 3), flags, session, t_hi, t_lo, up_hi, up_lo, boot
         )
         b[20] = 0
         b[21] = 0

@@ -82,25 +82,53 @@ STATUS_MS = const(60000)
 FW = (0, 1, 0)
 
 
+def _zero():
+    return 0
+
+
 class LinkStateError(Exception):
     """A link event with no row in LINK_TABLE for the current state."""
 
 
 class Clock:
-    """Device UTC from uptime plus the offset the daemon's TIME gave."""
+    """Device UTC from uptime plus the offset the daemon's TIME gave.
+
+    ``stamp`` works on uptime as (seconds, ms) and keeps the offset as 16-bit
+    halves, so a press computes its time with small ints only (no heap)."""
 
     def __init__(self):
         self.synced = False
         self.offset_ms = 0
+        self._off_hi = 0
+        self._off_lo = 0
+        self._off_frac = 0
+        self.hi = 0
+        self.lo = 0
 
     def set(self, utc_ms, uptime_ms):
         self.offset_ms = utc_ms - uptime_ms
+        off_s = self.offset_ms // 1000
+        self._off_frac = self.offset_ms - off_s * 1000
+        self._off_hi = off_s >> 16
+        self._off_lo = off_s & 0xFFFF
         self.synced = True
 
     def utc_s(self, uptime_ms):
         if not self.synced:
             return 0
         return (uptime_ms + self.offset_ms) // 1000
+
+    def stamp(self, up_s, up_ms):
+        """Set hi, lo = 16-bit halves of UTC seconds at uptime up_s + up_ms
+        (0, 0 before any TIME)."""
+        if not self.synced:
+            self.hi = 0
+            self.lo = 0
+            return
+        carry = (up_ms + self._off_frac) // 1000
+        lo = (up_s & 0xFFFF) + self._off_lo + carry
+        self.hi = ((up_s >> 16) + self._off_hi + (lo >> 16)) & 0xFFFF
+        self.lo = lo & 0xFFFF
 
 
 class Session:
@@ -127,7 +155,7 @@ class Session:
         self.resends = 0
         self.frames_sent = 0
         self.records_sent = 0
-        self.uptime_ms = 0
+        self.uptime = _zero  # callable -> uptime ms (the terminal's)
         self.status_source = None  # callable -> (free_heap, ignored, ui state)
         self._out = []
 
@@ -168,7 +196,7 @@ class Session:
                 j.tail,
                 j.acked,
                 j.capacity,
-                self.uptime_ms & 0xFFFFFFFF,
+                self.uptime() & 0xFFFFFFFF,
                 1 if self.clock.synced else 0,
             )
         )
@@ -207,7 +235,7 @@ class Session:
             self.journal.ack(msg.seq, f.counter)
             self._on_ack(msg.seq, now)
         elif t == _m.Time.TYPE:
-            self.clock.set(msg.utc_ms, self.uptime_ms)
+            self.clock.set(msg.utc_ms, self.uptime())
         elif t == _m.ErrorDown.TYPE:
             self.last_error = msg.code & 0xFF
             if msg.code == _m.E_HELLO_REQUIRED and self.state != L_DOWN:
@@ -290,7 +318,7 @@ class Session:
                 used,
                 j.capacity if j.capacity >= used else used,
                 heap & 0xFFFFFFFF,
-                self.uptime_ms & 0xFFFFFFFF,
+                self.uptime() & 0xFFFFFFFF,
                 self.last_error & 0xFF,
                 self.alarms & 0xFF,
                 ignored & 0xFFFF,

@@ -33,10 +33,12 @@ class Terminal:
         self.link = Link(TERMINAL, terminal_id, key, boot, self.journal.rx_last)
         self.session = Session(self.link, self.journal, board.name, board.reset_cause())
         self.session.status_source = self._status_source
+        self.session.uptime = self._uptime
         self.ev = ui.Evaluator(settings)
         self.buttons = Buttons(debounce_ms)
         self.link_fault_ms = LINK_FAULT_MS
-        self.uptime_ms = 0
+        self.up_s = 0  # uptime as seconds + ms: small ints for decades
+        self.up_ms = 0
         self._last = None
         self._was_connected = False
         self._down_since = 0
@@ -51,9 +53,14 @@ class Terminal:
         if self._last is None:
             self._last = now
             self._down_since = now
-        self.uptime_ms += ui.ticks_diff(now, self._last)
+        d = ui.ticks_diff(now, self._last)
         self._last = now
-        self.session.uptime_ms = self.uptime_ms
+        if d > 0:
+            ms = self.up_ms + d
+            if ms >= 1000:
+                self.up_s += ms // 1000
+                ms = ms % 1000
+            self.up_ms = ms
         ev = self.ev
         b = self.buttons
         pressed = b.update(self.board.read_buttons(), now)
@@ -92,14 +99,22 @@ class Terminal:
         flags = ev.rec_flags
         if s.clock.synced:
             flags |= F_TIME_SYNCED
-        up = self.uptime_ms
-        self.last_seq = self.journal.append(
+        # uptime ms mod 2**32 and UTC seconds as 16-bit halves, small ints
+        # only: up_s * 1000 would outgrow a small int after 12 days.
+        a = self.up_s >> 16
+        lo = (self.up_s & 0xFFFF) * 1000 + self.up_ms
+        up_hi = (a * 1000 + (lo >> 16)) & 0xFFFF
+        c = s.clock
+        c.stamp(self.up_s, self.up_ms)
+        self.last_seq = self.journal.append_w(
             ev.rec_level,
             ev.rec_reason,
             flags,
             ev.rec_session,
-            s.clock.utc_s(up),
-            up & 0xFFFFFFFF,
+            c.hi,
+            c.lo,
+            up_hi,
+            lo & 0xFFFF,
             self.journal.boot,
         )
         self._check = True
@@ -198,6 +213,13 @@ class Terminal:
         if link_down:
             alarms |= _m.A_LINK_DOWN
         self.session.set_alarms(alarms)
+
+    def _uptime(self):
+        return self.up_s * 1000 + self.up_ms
+
+    @property
+    def uptime_ms(self):
+        return self.up_s * 1000 + self.up_ms
 
     def _status_source(self):
         return (self.board.free_heap(), self.ev.ignored, self.ev.state)

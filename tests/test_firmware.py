@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "mpy"))
 
@@ -201,3 +203,37 @@ def test_counter_exhausted_bumps_boot(tmp_path: Path) -> None:
     sess._send(m.Status())  # the epoch runs out here
     assert j.boot == boot + 1 and link.epoch == boot + 1
     assert len(sess._take()) == 2
+
+
+@given(
+    utc_ms=st.integers(1_500_000_000_000, 4_000_000_000_000),
+    sync_up=st.integers(0, 10**10),
+    later=st.integers(0, 10**10),
+)
+def test_clock_stamp_matches_plain_arithmetic(utc_ms: int, sync_up: int, later: int) -> None:
+    from haochaping.firmware.session import Clock
+
+    c = Clock()
+    c.set(utc_ms, sync_up)
+    up = sync_up + later
+    c.stamp(up // 1000, up % 1000)
+    assert (c.hi << 16 | c.lo) == c.utc_s(up) & 0xFFFFFFFF
+
+
+@given(up=st.integers(0, 2**40))
+def test_terminal_uptime_halves(up: int, tmp_path_factory) -> None:
+    # The record's uptime field is uptime ms mod 2**32, built from halves.
+    j = Journal(open(tmp_path_factory.mktemp("u") / "j", "w+b"), 4, sync=lambda: None)  # noqa: SIM115
+    up_s, up_ms = divmod(up, 1000)
+    a = up_s >> 16
+    lo = (up_s & 0xFFFF) * 1000 + up_ms
+    j.append_w(5, 0, 0, 0, 0, 0, (a * 1000 + (lo >> 16)) & 0xFFFF, lo & 0xFFFF, 1)
+    assert j.record(1)[6] == up & 0xFFFFFFFF
+
+
+def test_powercut_every_write_point_and_2000_random_cpython() -> None:
+    import fw_powercut
+
+    res = fw_powercut.sweep(2000, 7)
+    assert res["points"] >= 2000 + 2 * res["writes"]
+    assert res["cuts"] >= res["points"] - 10

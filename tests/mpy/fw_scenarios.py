@@ -99,7 +99,7 @@ class MemFile:
 class Rig:
     """A terminal on the sim board, wired to a daemon peer."""
 
-    def __init__(self, f=None, capacity=64, peer=None, compact=False, policy=ui.REFUSE):
+    def __init__(self, f=None, capacity=64, peer=None, compact=False, policy=ui.REFUSE, start=True):
         self.f = f if f is not None else MemFile()
         self.capacity = capacity
         self.peer = peer if peer is not None else Peer(TID, KEY, compact=compact)
@@ -107,7 +107,10 @@ class Rig:
         self.now = 1000
         self.policy = policy
         self.thanked = []  # records whose THANKS was shown: tuples
-        self.boot()
+        self.track = True
+        self.rounds = 8  # request/answer rounds per step
+        if start:
+            self.boot()
 
     def boot(self):
         self.board = SimBoard(self.f)
@@ -124,14 +127,14 @@ class Rig:
         before = self.board.shown[ui.P_THANKS]
         writes = self.t.journal.writes
         self.t.step(self.now)
-        if self.board.shown[ui.P_THANKS] != before:
+        if self.track and self.board.shown[ui.P_THANKS] != before:
             check(self.t.journal.writes == writes + 1, "THANKS without a journal write")
             self.thanked.append(self.t.journal.record(self.t.last_seq))
         self.exchange()
 
     def exchange(self):
         tr = self.board.transport
-        for _ in range(8):
+        for _ in range(self.rounds):
             up = tr.take_up()
             if not up:
                 return

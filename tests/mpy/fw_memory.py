@@ -1,0 +1,127 @@
+"""Memory of the running firmware on MicroPython (numbers for boards.md).
+
+Live heap = gc.mem_alloc() right after a collection: what the firmware holds
+(sampled after every 5th rating of the session and after every step of the
+drain).
+Figures are absolute (interpreter state, the loaded modules' bytecode, the
+test harness and the O(1) "compact" daemon peer included) and as a delta
+from the heap before any firmware or protocol module was imported.
+
+Press path: the heap is locked (micropython.heap_lock) around one press
+step (buttons -> evaluator -> journal write + sync -> THANKS) with the link
+down; an allocation there raises MemoryError, so "press_path_alloc_free"
+True proves the path allocates nothing.
+"""
+
+import gc
+
+try:
+    import asyncio
+except ImportError:
+    asyncio = None
+
+
+async def live():
+    # The WebAssembly port defers a collection until control returns to
+    # JavaScript (it cannot scan the C stack), so yield after collecting.
+    gc.collect()
+    if asyncio is not None:
+        await asyncio.sleep(0)
+    return gc.mem_alloc()
+
+
+async def measure(n):
+    b0 = await live()
+    from haochaping.firmware import board_sim, terminal, ui  # noqa: F401
+
+    c = await live()
+    from fw_scenarios import Rig
+
+    h = await live()
+    # Deltas below are from the interpreter's own heap plus the test
+    # harness's code (fw_scenarios, fw_peer): firmware code + firmware data
+    # (+ the compact peer's few objects).
+    base = b0 + (h - c)
+    out = {"n": n, "interpreter": b0, "firmware_code": c - b0, "harness_code": h - c}
+    r = Rig(open("/journal.bin", "w+b"), capacity=n + 16, compact=True, policy=ui.RECORD)
+    r.track = False
+    s = r.t.ev.settings
+    s.thanks_ms = 50
+    s.min_interval_ms = 0
+    r.run(100)
+    out["after_boot"] = await live()
+    # A session of n ratings, each ARMed and acknowledged at once.
+    peak = 0
+    for i in range(n):
+        r.arm(1000 + i)
+        r.press(i % 3, 20)
+        r.idle()
+        if i % 5 == 0:
+            a = await live()
+            if a > peak:
+                peak = a
+    r.run(200)
+    if r.peer.count != n:
+        raise Exception("session stored %d of %d" % (r.peer.count, n))
+    out["session_peak"] = peak
+    # Press path with the heap locked (link down: no frames).
+    import micropython
+
+    r.board.transport.connected = False
+    r.step(10)
+    r.arm(5)
+    r.step(10)
+    free_press = True
+    r.board.mask = 1
+    now = r.now + 10
+    r.board.now = now
+    await live()
+    micropython.heap_lock()
+    try:
+        r.t.step(now)
+    except MemoryError:
+        free_press = False
+    micropython.heap_unlock()
+    r.board.mask = 0
+    if r.t.ev.state not in (ui.S_THANKS, ui.S_ARMED):
+        raise Exception("press path left state %s" % r.state())
+    out["press_path_alloc_free"] = free_press
+    if not free_press:
+        r.now = now
+        r.idle()
+        r.arm(6)
+        r.step(10)
+        r.board.mask = 1
+        now = r.now + 10
+        r.board.now = now
+        a0 = await live()
+        r.t.step(now)
+        out["press_path_bytes"] = gc.mem_alloc() - a0  # no collection in between
+        r.board.mask = 0
+    r.now = now
+    r.idle()
+    # A drain of n records after an outage.
+    for i in range(n):
+        r.press(i % 3, 20)
+        r.idle()
+    if r.t.journal.used != n + 1:
+        raise Exception("journal holds %d" % r.t.journal.used)
+    out["journal_full_of_n"] = await live() - base
+    r.board.transport.connected = True
+    r.rounds = 1  # one request/answer round per step: sample the drain often
+    peak = 0
+    steps = 0
+    while r.t.journal.used and steps < 10000:
+        r.step(10)
+        steps += 1
+        a = await live()
+        if a > peak:
+            peak = a
+    if r.t.journal.used:
+        raise Exception("drain did not finish")
+    out["drain_peak"] = peak
+    out["drain_steps"] = steps
+    out["drained_frames"] = r.t.session.frames_sent
+    for k in ("after_boot", "session_peak", "drain_peak"):
+        out[k] = out[k] - base
+    return out

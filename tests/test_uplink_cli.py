@@ -76,3 +76,10 @@ def test_province_serve_command(tmp_path):
         proc.terminate()
         assert proc.wait(10) == 0
     assert (tmp_path / "prov" / "province.sqlite").exists()
+
+
+def test_bench_uplink_small():
+    p = hcp("bench", "uplink", "--ratings", "600", "--batch-size", "100", "--json", timeout=120)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert res["delivered"] == res["received"] == 600 and res["batches"] == 6

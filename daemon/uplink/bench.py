@@ -10,12 +10,14 @@ second from the first delivery attempt until the last acknowledgement.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +121,8 @@ def drain(n: int, batch_size: int = 1000, keep: str | None = None) -> dict[str, 
             drain_s = time.perf_counter() - t1
             st2 = up.outbox.status()
             up.close()
+            with urllib.request.urlopen(url.replace("/batches", "/admin/stats"), timeout=10) as r:
+                received = json.loads(r.read())["records"]
         finally:
             recv.terminate()
             recv.wait(10)
@@ -132,4 +136,5 @@ def drain(n: int, batch_size: int = 1000, keep: str | None = None) -> dict[str, 
         "ratings_per_s": round(n / drain_s),
         "db_mib": round(size / 2**20, 1),
         "delivered": n - st2["unbatchedRatings"] - st2["pendingRatings"],
+        "received": received,
     }

@@ -261,3 +261,56 @@ def test_spool_mode_writes_verifiable_files(tmp_path):
     assert [batch.verify(f.read_bytes(), ring).header["recordCount"] for f in files] == [20, 20, 5]
     assert runner.status(str(db))["batches"]["spooled"] == 3
     assert not [p for p in os.listdir(tmp_path / "out") if p.startswith(".")]
+
+
+def test_broken_local_chain_is_never_signed_but_earlier_batches_go(tmp_path):
+    kd = tmp_path / "keys"
+    keys.init(kd)
+    db = tmp_path / "hall.sqlite"
+    st = store.Store(db)
+    bench.fill(st, 30, random.Random(6))
+    st.close()
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("DROP TRIGGER ratings_no_update")
+    conn.execute(
+        "UPDATE ratings SET level = 1 + level % 5 WHERE id = 25"
+    )  # tampered before batching
+    conn.close()
+    with province.Receiver(tmp_path / "prov", pubkeys=(str(kd),)) as r:
+        cfg = runner.UplinkConfig(
+            db=str(db), hall_id="hall-b", keys_dir=str(kd), url=r.url, batch_size=10,
+            max_age_s=0.0, seed=1,
+        )  # fmt: skip
+        up = runner.Uplink(cfg)
+        for _ in range(6):
+            up.step()
+        s = runner.status(str(db))
+        assert "chain_broken" in s["alarms"]
+        assert s["batches"]["acked"] == 2 and s["lastBatchedRatingId"] == 20
+        assert r.store.stats()["records"] == 20
+        up.close()
+    rep = audit.verify(str(db), keys.Keyring.load(kd))
+    assert (rep.first.kind, rep.first.rating_id) == ("chain", 25)
+
+
+def test_full_disk_while_cutting_raises_alarm_and_recovers(tmp_path):
+    kd = tmp_path / "keys"
+    keys.init(kd)
+    db = tmp_path / "hall.sqlite"
+    st = store.Store(db)
+    bench.fill(st, 300, random.Random(8))
+    st.close()
+    cfg = runner.UplinkConfig(
+        db=str(db), hall_id="hall-f", keys_dir=str(kd), spool_dir=str(tmp_path / "out"),
+        batch_size=300, max_age_s=0.0, seed=1,
+    )  # fmt: skip
+    up = runner.Uplink(cfg)
+    pages = up.conn.execute("PRAGMA page_count").fetchone()[0]
+    up.conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full now
+    up.step()
+    assert "db_error" in up.alarms and runner.status(str(db))["batches"]["spooled"] == 0
+    up.conn.execute("PRAGMA max_page_count = 1073741823")  # space freed
+    up.next_cut = 0
+    up.run(until_idle=True)
+    assert runner.status(str(db))["batches"]["spooled"] == 1 and "db_error" not in up.alarms
+    up.close()

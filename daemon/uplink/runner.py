@@ -13,6 +13,10 @@ Rules (the uplink's state machine, one place):
   and the backoff reset.  Retryable failure -> attempts+1, wait
   ``Backoff.next()``.  Rejection -> alarm 'batch_rejected' and retry at the
   backoff cap; a batch is never dropped or rebuilt.
+* A local chain that does not recompute -> alarm 'chain_broken': nothing
+  more is signed (``hcp audit verify`` names the row), what was signed is
+  still delivered.  A database error while cutting -> alarm 'db_error',
+  retried after the backoff delay.  The loop itself never dies of either.
 * Alarms (checked every ``ALARM_EVERY_S``): 'disk_low' when the database's
   file system has less than ``min_free_bytes`` free, 'outbox_large' when
   pending batches hold more than ``max_outbox_bytes``.  They are logged,
@@ -29,6 +33,7 @@ import logging
 import os
 import random
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +44,7 @@ from typing import Any
 from haochaping.daemon import keys
 from haochaping.daemon.uplink import batch as batchmod
 from haochaping.daemon.uplink import delivery
-from haochaping.daemon.uplink.outbox import Outbox, connect
+from haochaping.daemon.uplink.outbox import Outbox, OutboxError, connect
 
 log = logging.getLogger("haochaping.uplink")
 
@@ -48,6 +53,7 @@ MAX_AGE_S = 1.0  # a waiting rating is batched after at most this long (outbox e
 POLL_S = 0.1  # idle poll for new ratings
 CUTS_PER_ROUND = 8  # batches cut between two deliveries during a catch-up
 ALARM_EVERY_S = 10.0
+DB_RETRY_S = 1.0  # pause after a database error in the loop
 MIN_FREE_BYTES = 512 * 1024 * 1024
 MAX_OUTBOX_BYTES = 2 * 1024 * 1024 * 1024
 
@@ -133,6 +139,7 @@ class Uplink:
         rng = random.Random(cfg.seed if cfg.seed is not None else os.urandom(16))
         self.backoff = delivery.Backoff(cfg.backoff_base_s, cfg.backoff_cap_s, rng)
         self.next_try = 0.0
+        self.next_cut = 0.0
         self.next_alarm_check = 0.0
         self.alarms: list[str] = []
         self.delivered = 0
@@ -142,7 +149,28 @@ class Uplink:
         self.conn.close()
 
     def cut_ready(self, now: float) -> int:
-        """Cut every batch the rules allow now (at most CUTS_PER_ROUND); return how many."""
+        """Cut what the rules allow, never failing the loop: a broken local chain or a
+        database error raises an alarm and cutting pauses until ``next_cut``, while
+        batches already signed keep being delivered."""
+        if now < self.next_cut:
+            return 0
+        try:
+            n = self._cut(now)
+        except OutboxError as e:
+            self._alarm("chain_broken", str(e))
+            self.next_cut = now + self.cfg.backoff_cap_s
+            return 0
+        except sqlite3.Error as e:
+            self._alarm("db_error", f"cutting a batch failed: {e}")
+            self.next_cut = now + self.backoff.next()
+            return 0
+        for a in ("chain_broken", "db_error"):
+            if a in self.alarms:
+                self.alarms.remove(a)
+                self.outbox.set_meta("alarms", self.alarms)
+        return n
+
+    def _cut(self, now: float) -> int:
         n = 0
         while n < CUTS_PER_ROUND:
             force = False
@@ -193,13 +221,16 @@ class Uplink:
         log.error("ALARM %s: %s", name, msg)
         if name not in self.alarms:
             self.alarms.append(name)
-            self.outbox.set_meta("alarms", self.alarms)
+            try:
+                self.outbox.set_meta("alarms", self.alarms)
+            except sqlite3.Error as e:  # the log line above is the alarm then
+                log.error("cannot record alarm %s: %s", name, e)
 
     def check_alarms(self, now: float) -> list[str]:
         if now < self.next_alarm_check:
             return self.alarms
         self.next_alarm_check = now + ALARM_EVERY_S
-        new = [a for a in self.alarms if a == "batch_rejected"]
+        new = [a for a in self.alarms if a in ("batch_rejected", "chain_broken", "db_error")]
         free = shutil.disk_usage(Path(self.cfg.db).resolve().parent).free
         if free < self.cfg.min_free_bytes:
             new.append("disk_low")
@@ -218,21 +249,35 @@ class Uplink:
         now = self.clock()
         self.check_alarms(now)
         cut = self.cut_ready(now)
-        sent = self.deliver_one(now)
+        try:
+            sent = self.deliver_one(now)
+        except sqlite3.Error as e:  # e.g. disk full while recording an ack: resend later
+            self._alarm("db_error", f"recording a delivery failed: {e}")
+            self.next_try = now + self.backoff.next()
+            sent = False
         return bool(cut or sent)
 
     def run(self, until_idle: bool = False) -> None:
-        """Loop until ``stop`` is set (or, with ``until_idle``, until nothing is left)."""
+        """Loop until ``stop`` is set (or, with ``until_idle``, until nothing is left).
+
+        A database error anywhere in a round (locked past the busy time-out, disk
+        full) is logged and the round retried after ``DB_RETRY_S``: the loop is
+        the uplink's supervisor and does not die of it.
+        """
         while not self.stop.is_set():
-            if self.step():
-                continue
-            if until_idle:
-                st = self.outbox.status()
-                if st["batches"]["pending"] == 0 and st["unbatchedRatings"] == 0:
-                    return
-            wait = self.cfg.poll_s
-            if self.outbox.pending_count():
-                wait = min(wait, self.next_try - self.clock())
+            try:
+                if self.step():
+                    continue
+                if until_idle:
+                    st = self.outbox.status()
+                    if st["batches"]["pending"] == 0 and st["unbatchedRatings"] == 0:
+                        return
+                wait = self.cfg.poll_s
+                if self.outbox.pending_count():
+                    wait = min(wait, self.next_try - self.clock())
+            except sqlite3.Error as e:
+                log.error("database error in the uplink loop: %s", e)
+                wait = DB_RETRY_S
             self.stop.wait(max(wait, 0.001))
 
 

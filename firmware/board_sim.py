@@ -15,6 +15,7 @@ Interface every board provides (Terminal uses nothing else):
 """
 
 from haochaping.firmware import ui
+from haochaping.firmware.journal import open_file as open_journal
 
 try:
     from micropython import const
@@ -25,14 +26,6 @@ except ImportError:  # CPython
 
 
 QUEUE_MAX = const(64)  # frames buffered per direction in the fake radio/UART
-
-
-def open_journal(path):
-    """Open (creating if needed) a journal file for reading and writing."""
-    try:
-        return open(path, "r+b")
-    except OSError:
-        return open(path, "w+b")
 
 
 class QueueFull(Exception):

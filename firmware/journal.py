@@ -84,6 +84,14 @@ def capacity_for(nbytes):
     return n if n < CAP_MAX else CAP_MAX
 
 
+def open_file(path):
+    """Open (creating if needed) a journal file for reading and writing."""
+    try:
+        return open(path, "r+b")
+    except OSError:
+        return open(path, "w+b")
+
+
 def _sync_default():
     try:
         import os

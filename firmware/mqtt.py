@@ -90,7 +90,9 @@ def connect_packet(client_id, keepalive, will_topic, will_msg, user=None, passwo
 
 
 def publish_packet(topic, payload, pid, retain=False):
-    return _packet(0x32 | (1 if retain else 0), _str(topic) + bytes((pid >> 8, pid & 0xFF)) + payload)
+    return _packet(
+        0x32 | (1 if retain else 0), _str(topic) + bytes((pid >> 8, pid & 0xFF)) + payload
+    )
 
 
 def subscribe_packet(topic, pid):
@@ -251,7 +253,9 @@ class MQTTTransport:
         kind = first >> 4
         if kind == 2:  # CONNACK
             if len(body) != 2 or body[1] != 0:
-                raise MQTTError("broker refused the connection (code %d)" % (body[1] if len(body) > 1 else -1))
+                raise MQTTError(
+                    "broker refused the connection (code %d)" % (body[1] if len(body) > 1 else -1)
+                )
             self._queue(subscribe_packet(self.down, self._next_pid()))
             self._queue(publish_packet(self.state_topic, b"online", self._next_pid(), True))
             self.state = M_UP

@@ -181,3 +181,44 @@ def test_fault_modes(hall, mode):
         sink.close()
         assert r.faults.injected[mode] == 1
         assert r.store.stats()["records"] == 5
+
+
+def test_key_rotation_mid_stream(tmp_path):
+    from haochaping.daemon import audit
+
+    kd = tmp_path / "keys"
+    first = keys.init(kd)
+    db = tmp_path / "hall.sqlite"
+    st = store.Store(db)
+    bench.fill(st, 20, random.Random(1))
+    prov = tmp_path / "prov"
+    (prov / "keys").mkdir(parents=True)
+    shutil.copy(kd / "keyring" / f"{first.key_id}.pem", prov / "keys")  # registered
+    with province.Receiver(prov) as r:
+
+        def uplink() -> runner.Uplink:
+            cfg = runner.UplinkConfig(
+                db=str(db), hall_id="hall-k", keys_dir=str(kd), url=r.url, batch_size=10,
+                max_age_s=0.0, backoff_base_s=0.01, backoff_cap_s=0.02, seed=1,
+            )  # fmt: skip
+            return runner.Uplink(cfg)
+
+        up = uplink()
+        up.run(until_idle=True)
+        up.close()
+        _, new = keys.rotate(kd)
+        bench.fill(st, 20, random.Random(2), start_seq=100)
+        up = uplink()  # the uplink loads the key at start: restart it after a rotation
+        up.step()
+        assert "batch_rejected" in up.alarms  # the province does not know the new key yet
+        shutil.copy(kd / "keyring" / f"{new.key_id}.pem", prov / "keys")
+        up.next_try = 0
+        up.run(until_idle=True)
+        up.close()
+        kids = [json.loads(b)["header"]["keyId"] for b in r.store.bodies("hall-k")]
+        assert kids == [first.key_id] * 2 + [new.key_id] * 2
+        assert r.store.stats()["records"] == 40
+    st.close()
+    rep = audit.verify(str(db), keys.Keyring.load(kd))  # old and new batches verify
+    assert rep.ok and rep.batches == 4
+    assert not (kd / "signing.key.new").exists()

@@ -76,6 +76,14 @@ def check_receiver_against_store(r: province.Receiver, db: Path, kd: Path) -> No
     )
     rep = audit.verify(str(db), ring)
     assert rep.ok and rep.signed_ratings == len(rows), [f.describe() for f in rep.findings]
+    # what arrived is byte for byte what was signed and stored before the first send,
+    # and the province's answer is recorded for every batch
+    conn = sqlite3.connect(db)
+    out = conn.execute("SELECT body, ack, state FROM uplink_batches ORDER BY seq").fetchall()
+    conn.close()
+    assert [bytes(b) for b, _, _ in out] == bodies
+    assert all(state == "acked" for _, _, state in out)
+    assert all(json.loads(ack)["status"] in ("accepted", "duplicate") for _, ack, _ in out)
 
 
 @pytest.mark.slow

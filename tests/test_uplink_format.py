@@ -276,3 +276,18 @@ def test_schema_names_the_offending_member(keydir, mutate, path):
     with pytest.raises(schema.SchemaError) as e:
         schema.validate(doc)
     assert str(e.value).startswith(path)
+
+
+def test_backoff_is_capped_exponential_with_jitter():
+    from haochaping.daemon.uplink.delivery import Backoff
+
+    b = Backoff(0.5, 60.0, random.Random(1))
+    delays = [b.next() for _ in range(12)]
+    for n, d in enumerate(delays):
+        hi = min(60.0, 0.5 * 2**n)
+        assert hi / 2 <= d <= hi
+    assert delays[-1] <= 60.0 and len(set(delays)) == len(delays)  # jittered, capped
+    b.reset()
+    assert b.next() <= 0.5
+    with pytest.raises(ValueError):
+        Backoff(2.0, 1.0, random.Random(1))

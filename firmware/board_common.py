@@ -147,7 +147,9 @@ def wifi(cfg):
     return w.isconnected
 
 
-def transport(cfg, machine):
+def transport(cfg, machine, uart_default=None):
+    """The link the config names.  ``uart_default``: (id, tx, rx) of the
+    board's pin map, used when the config gives no UART pins."""
     link = cfg["link"]
     if link == "mqtt":
         from haochaping.firmware.mqtt import MQTTTransport
@@ -167,11 +169,18 @@ def transport(cfg, machine):
     if link == "usb":
         return SerialTransport(StdioPort())
     u = cfg["uart"]
-    kw = {"baudrate": u.get("baud", 115200), "timeout": 0}
-    if u.get("tx") is not None:
-        kw["tx"] = machine.Pin(u["tx"])
-        kw["rx"] = machine.Pin(u["rx"])
-    return SerialTransport(machine.UART(u.get("id", 1), **kw))
+    uid, tx, rx = u.get("id", 1), u.get("tx"), u.get("rx")
+    if tx is None and uart_default is not None:
+        uid, tx, rx = uart_default
+    if tx is None:
+        raise ValueError("this board has no UART pins left: use link usb or mqtt")
+    kw = {
+        "baudrate": u.get("baud", 115200),
+        "timeout": 0,
+        "tx": machine.Pin(tx),
+        "rx": machine.Pin(rx),
+    }
+    return SerialTransport(machine.UART(uid, **kw))
 
 
 def free_heap():

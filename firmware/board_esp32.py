@@ -10,13 +10,18 @@ import machine
 from haochaping.firmware import board_common
 from haochaping.firmware.journal import open_file as open_journal
 
+# ESP32-S3-DevKitC-1: no strapping pins (0, 3, 45, 46) and not the USB or
+# UART0 pins.  UART1 on 12 (TX) / 13 (RX) for an auto-direction RS-485 module.
 PINS_S3 = {
     "buttons": (4, 5, 6, 7, 15),
-    "leds": (16, 17, 18, 8, 3),
-    "buzzer": 46,
-    "uart": (1, 43, 44),
+    "leds": (16, 17, 18, 8, 9),
+    "buzzer": 10,
+    "uart": (1, 12, 13),
 }
-PINS_C3 = {"buttons": (0, 1, 2, 3, 4), "leds": (5, 6, 7, 8, 10), "buzzer": 9, "uart": (1, 21, 20)}
+# ESP32-C3-DevKitM-1: too few free pins for a UART beside 11 I/O, so the C3
+# talks over USB-CDC (link "usb") or Wi-Fi (link "mqtt"); its REPL is on the
+# built-in USB-Serial-JTAG, which frees 20/21.  Avoids strapping 8 and 9.
+PINS_C3 = {"buttons": (0, 1, 3, 4, 5), "leds": (6, 7, 10, 20, 21), "buzzer": 2, "uart": None}
 JOURNAL = "/journal.bin"
 
 
@@ -31,7 +36,7 @@ class Board:
         leds = [P(n, P.OUT, value=0) for n in pins["leds"]]
         buz = machine.PWM(P(pins["buzzer"]), freq=board_common.BEEP_HZ, duty_u16=0)
         self.feedback = board_common.Feedback(leds, buz)
-        self.transport = board_common.transport(cfg, machine)
+        self.transport = board_common.transport(cfg, machine, pins.get("uart"))
         self._now = 0
         self.wdt = machine.WDT(timeout=cfg.get("wdt_ms", 8000))
 

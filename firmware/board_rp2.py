@@ -28,7 +28,7 @@ class Board:
         buz.freq(board_common.BEEP_HZ)
         buz.duty_u16(0)
         self.feedback = board_common.Feedback(leds, buz)
-        self.transport = board_common.transport(cfg, machine)
+        self.transport = board_common.transport(cfg, machine, pins.get("uart"))
         self._now = 0
         self.wdt = machine.WDT(timeout=min(cfg.get("wdt_ms", 8000), WDT_MAX_MS))
 

@@ -129,3 +129,87 @@ def test_feedback_patterns_with_fake_pins() -> None:
         states.add(leds[0].v)
     assert states == {0, 1}  # blinking
     assert board_common.LOW_HZ in buz.tones
+
+
+class FakeMachine:
+    """Just enough of MicroPython's ``machine`` (GPIO, PWM, UART, WDT) to run
+    the ESP32 and RP2 adapters here; the pins are the only fake."""
+
+    class Pin:
+        IN, OUT, PULL_UP, IRQ_FALLING, IRQ_RISING = 0, 1, 2, 4, 8
+        all: dict[int, FakeMachine.Pin] = {}
+
+        def __init__(self, n: int, mode: int = 0, pull: int | None = None, value: int = 1) -> None:
+            self.n, self.v, self.handler = n, value if mode == 1 else 1, None
+            FakeMachine.Pin.all[n] = self
+
+        def value(self, v: int | None = None) -> int:
+            if v is not None:
+                self.v = v
+            return self.v
+
+        def irq(self, handler, trigger: int) -> None:
+            self.handler = handler
+
+    class PWM(FakePWM):
+        def __init__(self, pin, freq: int = 0, duty_u16: int = 0) -> None:
+            super().__init__()
+
+    class UART:
+        def __init__(self, uid: int, **kw) -> None:
+            self.uid, self.kw, self.out = uid, kw, bytearray()
+
+        def read(self, n: int) -> None:
+            return None
+
+        def write(self, b: bytes) -> int:
+            self.out += b
+            return len(b)
+
+    class WDT:
+        def __init__(self, timeout: int) -> None:
+            self.timeout, self.feeds = timeout, 0
+
+        def feed(self) -> None:
+            self.feeds += 1
+
+    @staticmethod
+    def reset_cause() -> int:
+        return 1
+
+
+@pytest.mark.parametrize("board", ["esp32s3", "rp2"])
+def test_board_adapters_with_fake_machine(board: str, tmp_path: Path, monkeypatch) -> None:
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "machine", FakeMachine)
+    monkeypatch.chdir(tmp_path)
+    mod = importlib.import_module(
+        "haochaping.firmware.board_esp32" if board == "esp32s3" else "haochaping.firmware.board_rp2"
+    )
+    monkeypatch.setattr(mod, "JOURNAL", str(tmp_path / "journal.bin"))
+    cfg = config.parse(json.dumps({"terminal_id": "00c0ffee", "key": "11" * 32, "board": board}))
+    b = mod.Board(cfg)
+    from haochaping.firmware.terminal import Terminal
+
+    t = Terminal(
+        b,
+        cfg["terminal_id"],
+        __import__("haochaping.protocol.auth").protocol.auth.Key(cfg["key"]),
+        16,
+    )
+    t.ev.settings.no_case_policy = ui.RECORD
+    pins = (mod.PINS_S3 if board == "esp32s3" else mod.PINS)["buttons"]
+    now = 0
+    for step in range(40):
+        now += 10
+        FakeMachine.Pin.all[pins[0]].v = 0 if 5 <= step < 10 else 1  # active-low press
+        t.step(now)
+        b.tick(now)
+        b.feed()
+    assert t.journal.used == 1 and t.journal.record(1)[1] == 5
+    assert b.wdt.feeds == 40 and b.wdt.timeout <= 8388
+    uart = b.transport.port
+    assert uart.out.endswith(b"\x00") and len(uart.out) > 30  # HELLO + RATING on the wire
+    assert (uart.uid, uart.kw["tx"].n) == ((1, 12) if board == "esp32s3" else (0, 0))

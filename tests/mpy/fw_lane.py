@@ -1,7 +1,7 @@
 # MicroPython lane (modules imported lazily so the memory figures start
 # from a heap without firmware code): run the firmware scenarios (and, by argument, the power-cut
 # sweep or the memory measurement) on the real interpreter.
-#   fw_lane.py scenarios | powercut N SEED | memory N
+#   fw_lane.py scenarios | powercut N SEED | memory N [--mpy] | bench N
 import json
 import sys
 
@@ -21,6 +21,10 @@ elif what == "powercut":
 
     res = p.sweep(int(sys.argv[2]), int(sys.argv[3]))
     print("JSON " + json.dumps(res))
+elif what == "bench":
+    import fw_bench
+
+    print("JSON " + json.dumps(fw_bench.run(int(sys.argv[2]), "/bench.bin")))
 elif what == "memory":
     import fw_memory as mm
 

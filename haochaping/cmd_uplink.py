@@ -140,6 +140,13 @@ def uplink_group() -> None:
 @click.option("--send-service-number/--no-send-service-number", default=False, show_default=True)
 @click.option("--min-free-mb", default=512, show_default=True, help="disk_low alarm below this.")
 @click.option("--max-outbox-mb", default=2048, show_default=True, help="outbox_large alarm above.")
+@click.option(
+    "--profile",
+    type=click.Choice(["signed-json", "case-first"]),
+    default="signed-json",
+    show_default=True,
+    help="Provincial profile (docs/uplink.md).",
+)
 @click.option("--seed", type=int, default=None, help="Jitter seed (tests).")
 @click.option("--until-idle", is_flag=True, help="Exit once everything is delivered.")
 @click.option("-v", "--verbose", count=True)
@@ -179,6 +186,7 @@ def uplink_run(**o: Any) -> None:
             send_service_number=o["send_service_number"],
         ),
         seed=o["seed"],
+        profile=o["profile"],
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -225,11 +233,12 @@ def province_group() -> None:
 @click.option("--tls-cert", default=None, help="Serve HTTPS with this certificate (PEM).")
 @click.option("--tls-key", default=None, help="Its private key (PEM).")
 @click.option("--client-ca", default=None, help="mTLS: require client certificates from this CA.")
+@click.option("--require-cases", is_flag=True, help="Refuse evaluations of cases not pushed first.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request.")
 def province_serve(
     listen: str, data: str, pubkey: tuple[str, ...], fault: str, fault_rate: float,
     fault_count: int, fault_delay: float, seed: int, tls_cert: str | None,
-    tls_key: str | None, client_ca: str | None, verbose: bool,
+    tls_key: str | None, client_ca: str | None, require_cases: bool, verbose: bool,
 ) -> None:  # fmt: skip
     """Receive, verify and keep batches; inject faults for tests."""
     from haochaping.simulator import province
@@ -239,7 +248,7 @@ def province_serve(
         plan = province.FaultPlan(fault, fault_rate, fault_count, fault_delay, seed)
         recv = province.Receiver(
             data, host=host, port=port, pubkeys=pubkey, faults=plan, verbose=verbose,
-            tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca,
+            tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca, require_cases=require_cases,
         )  # fmt: skip
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e

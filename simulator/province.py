@@ -8,7 +8,10 @@ unknown key id arrives, so registering a rotated key is dropping a file in),
 the in-batch chain, province rules (a 差评 needs evalDetail or
 writingEvaluation; assessTime not before serviceTime), idempotency on batch
 id, batch order and chain continuity with the hall's previous batch, and
-record uniqueness per (hall, terminal, seq) ("评价数据不可重复").  Accepted
+record uniqueness per (hall, terminal, seq) ("评价数据不可重复").  With
+``require_cases`` (the case-first profile's province) an evaluation whose
+projectNo was not first POSTed to ``.../cases`` is refused (422
+``case_unknown``).  Accepted
 batches and records are kept in DIR/province.sqlite, committed before the
 answer.
 
@@ -71,6 +74,12 @@ CREATE TABLE IF NOT EXISTS batches (
     received_ms INTEGER NOT NULL,
     UNIQUE (hall_id, batch_seq)
 );
+CREATE TABLE IF NOT EXISTS cases (
+    hall_id TEXT NOT NULL,
+    project_no TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (hall_id, project_no)
+);
 CREATE TABLE IF NOT EXISTS records (
     hall_id TEXT NOT NULL,
     terminal_id TEXT NOT NULL,
@@ -132,7 +141,10 @@ class Faults:
 class Store:
     """What the province accepted, with every check the reference makes."""
 
-    def __init__(self, data_dir: str | Path, pubkeys: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, data_dir: str | Path, pubkeys: tuple[str, ...] = (), require_cases: bool = False
+    ) -> None:
+        self.require_cases = require_cases
         self.dir = Path(data_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "keys").mkdir(exist_ok=True)
@@ -175,6 +187,16 @@ class Store:
         }
         with self.lock:
             c = self.conn
+            if self.require_cases:
+                for i, rec in enumerate(v.records):
+                    if (
+                        rec["projectNo"] is not None
+                        and not c.execute(
+                            "SELECT 1 FROM cases WHERE hall_id = ? AND project_no = ?",
+                            (h["hallId"], rec["projectNo"]),
+                        ).fetchone()
+                    ):
+                        raise Reject(422, "case_unknown", f"records[{i}]: 办件 not pushed first")
             old = c.execute(
                 "SELECT hash, received_ms FROM batches WHERE batch_id = ?", (h["batchId"],)
             ).fetchone()
@@ -231,6 +253,27 @@ class Store:
                 raise Reject(422, "duplicate_record", f"评价数据不可重复: {e}") from e
             c.execute("COMMIT")
         return dict(ack, status="accepted", receivedMs=now_ms)
+
+    def accept_cases(self, body: bytes) -> dict[str, Any]:
+        """The case-first profile's service records (办件信息); idempotent on projectNo."""
+        try:
+            doc = json.loads(body)
+            hall = doc["hallId"]
+            cases = doc["cases"]
+            if not isinstance(hall, str) or not isinstance(cases, list) or not cases:
+                raise ValueError("hallId and a non-empty cases list are required")
+            rows = []
+            for cs in cases:
+                if not isinstance(cs, dict) or not isinstance(cs.get("projectNo"), str):
+                    raise ValueError("every case needs a projectNo")
+                rows.append((hall, cs["projectNo"], json.dumps(cs, ensure_ascii=False)))
+        except (ValueError, KeyError, TypeError) as e:
+            raise Reject(400, "cases", f"bad cases document: {e}") from e
+        with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany("INSERT OR IGNORE INTO cases VALUES (?,?,?)", rows)
+            self.conn.execute("COMMIT")
+        return {"status": "accepted", "cases": len(rows)}
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
@@ -320,6 +363,15 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._send(200, {"status": "ok"})
             return
+        if self.path.endswith("/cases"):
+            body = self._body()
+            if body is None:
+                return
+            try:
+                self._send(200, self.server.store.accept_cases(body))
+            except Reject as e:
+                self._send(e.status, {"code": e.code, "error": str(e)})
+            return
         mode = self.server.faults.decide()
         if mode == "refuse":
             self._drop()
@@ -383,8 +435,9 @@ class Receiver:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         client_ca: str | None = None,
+        require_cases: bool = False,
     ) -> None:
-        self.store = Store(data_dir, pubkeys)
+        self.store = Store(data_dir, pubkeys, require_cases)
         self.faults = Faults(faults)
         ctx = None
         if tls_cert:

@@ -127,16 +127,17 @@ class HttpSink:
             self.conn.close()
             self.conn = None
 
-    def deliver(self, batch_id: str, body: bytes) -> str:
+    def post(self, path: str, body: bytes, key: str) -> tuple[int, str]:
+        """POST ``body`` to ``path``; (status, text), or Retryable for transport failures."""
         try:
             conn = self._connection()
             conn.request(
                 "POST",
-                self.path,
+                path,
                 body=body,
                 headers={
                     "Content-Type": "application/json; charset=utf-8",
-                    "Idempotency-Key": batch_id,
+                    "Idempotency-Key": key,
                 },
             )
             resp = conn.getresponse()
@@ -144,7 +145,7 @@ class HttpSink:
             status = resp.status
             if resp.will_close:
                 self.close()
-        except (TimeoutError, OSError, http.client.HTTPException) as e:
+        except (OSError, http.client.HTTPException) as e:
             self.close()
             raise Retryable(f"{type(e).__name__}: {e}") from e
         if len(text) > MAX_ACK_BYTES:
@@ -157,6 +158,10 @@ class HttpSink:
             raise Rejected(status, msg[:200])
         if status != 200:
             raise Retryable(f"unexpected HTTP {status}")
+        return status, msg
+
+    def deliver(self, batch_id: str, body: bytes) -> str:
+        _, msg = self.post(self.path, body, batch_id)
         try:
             ack = json.loads(msg)
         except ValueError as e:

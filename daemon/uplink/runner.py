@@ -43,7 +43,7 @@ from typing import Any
 
 from haochaping.daemon import keys
 from haochaping.daemon.uplink import batch as batchmod
-from haochaping.daemon.uplink import delivery
+from haochaping.daemon.uplink import delivery, profiles
 from haochaping.daemon.uplink.outbox import Outbox, OutboxError, connect
 
 log = logging.getLogger("haochaping.uplink")
@@ -81,6 +81,7 @@ class UplinkConfig:
     max_outbox_bytes: int = MAX_OUTBOX_BYTES
     record: batchmod.RecordConfig = field(default_factory=batchmod.RecordConfig)
     seed: int | None = None  # jitter seed (tests); None = from os.urandom
+    profile: str = profiles.DEFAULT  # provincial profile (daemon/uplink/profiles.py)
 
     def check(self) -> None:
         if (self.url is None) == (self.spool_dir is None):
@@ -88,6 +89,10 @@ class UplinkConfig:
         if not 1 <= self.batch_size <= batchmod.schema.MAX_RECORDS:
             raise UplinkError(f"batch size must be 1..{batchmod.schema.MAX_RECORDS}")
         self.record.check()
+        try:
+            profiles.get(self.profile)
+        except ValueError as e:
+            raise UplinkError(str(e)) from e
 
 
 def make_sink(cfg: UplinkConfig) -> delivery.Sink:
@@ -95,7 +100,7 @@ def make_sink(cfg: UplinkConfig) -> delivery.Sink:
         return delivery.SpoolSink(cfg.spool_dir)
     if cfg.url is None:
         raise UplinkError("no province URL")
-    return delivery.HttpSink(
+    return profiles.get(cfg.profile).http_sink(
         cfg.url,
         connect_timeout=cfg.connect_timeout_s,
         read_timeout=cfg.read_timeout_s,

@@ -138,3 +138,24 @@ def test_cli_day_json() -> None:
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert d["ratings"] == d["at_receiver"] > 0
+
+
+def test_replay_in_another_process_with_another_hash_seed() -> None:
+    """A failing seed printed by one process replays in another, whatever
+    Python's hash randomisation does."""
+    import os
+    import subprocess
+    import sys
+
+    f = _first_failure("ack_before_commit")
+    outs = []
+    for h in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=h)
+        p = subprocess.run(
+            [sys.executable, "-m", "haochaping", "sim", "check", "--seed", str(f.seed),
+             "--bug", "ack_before_commit", "--json"],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert p.returncode == 1, p.stderr
+        outs.append(json.loads(p.stdout)["failures"])
+    assert outs[0] == outs[1] == [str(f)]

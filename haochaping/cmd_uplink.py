@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +263,26 @@ def province_serve(
     finally:
         recv.server.server_close()
         recv.store.close()
+
+
+@province_group.command("load")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", required=True, type=click.Path(file_okay=False), help="Data directory.")
+@click.option("--pubkey", multiple=True, help="Trusted hall public key (PEM file or key dir).")
+def province_load(files: tuple[str, ...], data: str, pubkey: tuple[str, ...]) -> None:
+    """Accept spooled batch files (manual transfer), in batch order, with every check."""
+    from haochaping.simulator import province
+
+    st = province.Store(data, pubkey)
+    try:
+        for f in province.spool_order(files):
+            try:
+                ack = st.accept(Path(f).read_bytes(), int(time.time() * 1000))
+            except province.Reject as e:
+                raise click.ClickException(f"{f}: refused ({e.code}): {e}") from e
+            click.echo(f"{Path(f).name}: {ack['status']} ({ack['records']} records)")
+    finally:
+        st.close()
 
 
 # ---------------------------------------------------------------- audit, batch

@@ -49,6 +49,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -479,6 +480,16 @@ class Receiver:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def spool_order(files: Iterable[str]) -> list[str]:
+    """Spooled batch files sorted by (hall, batchSeq), whatever order they were given in."""
+
+    def key(f: str) -> tuple[str, int]:
+        h = json.loads(Path(f).read_bytes())["header"]
+        return str(h["hallId"]), int(h["batchSeq"])
+
+    return sorted(files, key=key)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

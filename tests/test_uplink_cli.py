@@ -83,3 +83,30 @@ def test_bench_uplink_small():
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
     assert res["delivered"] == res["received"] == 600 and res["batches"] == 6
+
+
+def test_spooled_files_loaded_by_the_province(tmp_path):
+    keys.init(tmp_path / "k")
+    st = store.Store(tmp_path / "hall.sqlite")
+    bench.fill(st, 23, random.Random(3))
+    st.close()
+    p = hcp("uplink", "run", "--db", str(tmp_path / "hall.sqlite"), "--hall", "hall-m",
+            "--keys", str(tmp_path / "k"), "--spool", str(tmp_path / "usb"), "--batch-size", "10",
+            "--max-age", "0", "--until-idle")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    files = [str(f) for f in sorted((tmp_path / "usb").glob("*.json"), reverse=True)]
+    load = hcp("province", "load", *files, "--data", str(tmp_path / "prov"),
+               "--pubkey", str(tmp_path / "k"))  # fmt: skip
+    assert load.returncode == 0, load.stderr
+    assert load.stdout.count("accepted") == 3
+    again = hcp("province", "load", files[0], "--data", str(tmp_path / "prov"),
+                "--pubkey", str(tmp_path / "k"))  # fmt: skip
+    assert again.returncode == 0 and "duplicate" in again.stdout
+    forged = tmp_path / "forged.json"
+    forged.write_bytes(
+        (tmp_path / "usb").joinpath(sorted(os.listdir(tmp_path / "usb"))[0]).read_bytes()
+        .replace(b'"hallId":"hall-m"', b'"hallId":"hall-n"')
+    )  # fmt: skip
+    bad = hcp("province", "load", str(forged), "--data", str(tmp_path / "prov"),
+              "--pubkey", str(tmp_path / "k"))  # fmt: skip
+    assert bad.returncode == 1 and "signature" in bad.stderr

@@ -163,7 +163,9 @@ def _signed_records(
         try:
             v = batchmod.verify(bytes(body), keyring)
         except batchmod.BatchError as e:
-            report.findings.append(Finding("batch", None, None, None, f"batch {seq}: {e}", (0, 4)))
+            report.findings.append(
+                Finding("batch", None, None, None, f"batch {seq}: {e}", (0, _PRIORITY["batch"]))
+            )
             prev_hash, prev_chain = stored_hash, None
             continue
         h = v.header
@@ -175,7 +177,9 @@ def _signed_records(
         if prev_chain is not None and h["chainPrev"] != prev_chain:
             problems.append(f"chainPrev does not continue batch {seq - 1}")
         for p in problems:
-            report.findings.append(Finding("batch", None, None, None, f"batch {seq}: {p}", (0, 4)))
+            report.findings.append(
+                Finding("batch", None, None, None, f"batch {seq}: {p}", (0, _PRIORITY["batch"]))
+            )
         prev_hash, prev_chain = v.hash, v.chain_end
         for r in v.records:
             o = dict(r["origin"])

@@ -173,3 +173,27 @@ def test_cli_audit_and_batch_verify(signed_db, tmp_path):
     assert forged.read_bytes() != files[0].read_bytes()
     badb = run_hcp("batch", "verify", str(forged), "--pubkey", str(pem))
     assert badb.returncode == 1 and "signature" in badb.stderr
+
+
+def test_forging_the_stored_batch_too_is_caught_by_its_signature(signed_db, tmp_path):
+    db = tmp_path / "forged.sqlite"
+    conn = copy_db(signed_db, db)
+    row = conn.execute("SELECT level, seq FROM ratings WHERE id = 30").fetchone()
+    new_level = 1 + row[0] % 5
+    conn.execute("UPDATE ratings SET level = ? WHERE id = 30", (new_level,))
+    seq, body = conn.execute(
+        "SELECT seq, body FROM uplink_batches WHERE first_rating_id <= 30 AND last_rating_id >= 30"
+    ).fetchone()
+    doc = json.loads(body)
+    for rec in doc["records"]:
+        if rec["ratingId"] == 30:
+            rec["origin"]["level"] = new_level
+            rec["satisfaction"] = str(new_level)
+    from haochaping.daemon.uplink import canonical
+
+    conn.execute("UPDATE uplink_batches SET body = ? WHERE seq = ?", (canonical.dumps(doc), seq))
+    conn.close()
+    rep = audit.verify(str(db), keys.Keyring.load(signed_db / "keys"))
+    kinds = [f.kind for f in rep.findings]
+    assert not rep.ok and kinds[0] == "batch" and "signature" in rep.findings[0].detail
+    assert ("chain", 30) in [(f.kind, f.rating_id) for f in rep.findings]

@@ -110,3 +110,27 @@ def test_spooled_files_loaded_by_the_province(tmp_path):
     bad = hcp("province", "load", str(forged), "--data", str(tmp_path / "prov"),
               "--pubkey", str(tmp_path / "k"))  # fmt: skip
     assert bad.returncode == 1 and "signature" in bad.stderr
+
+
+def test_uplink_run_stops_cleanly_on_sigterm(tmp_path):
+    import signal
+
+    keys.init(tmp_path / "k")
+    store.Store(tmp_path / "hall.sqlite").close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "haochaping", "uplink", "run", "--db", str(tmp_path / "hall.sqlite"),
+         "--hall", "hall-t", "--keys", str(tmp_path / "k"), "--url", "http://127.0.0.1:9/batches"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        import time
+
+        end = time.monotonic() + 30
+        while not (tmp_path / "hall.sqlite.uplink.lock").exists() and time.monotonic() < end:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -220,9 +220,8 @@ class Evaluator:
             raise TransitionError(
                 "no transition for %s in %s" % (EVENT_NAMES[event], STATE_NAMES[self.state])
             )
-        fn, allowed = row
-        new = fn(self, arg, now)
-        if not (allowed >> new) & 1:
+        new = row[2](self, arg, now)
+        if not (row[3] >> new) & 1:
             raise TransitionError(
                 "%s in %s may not lead to %s"
                 % (EVENT_NAMES[event], STATE_NAMES[self.state], STATE_NAMES[new])
@@ -453,24 +452,28 @@ TABLE = (
     (S_IDLE, E_DISARM, _stay, _I),
     (S_IDLE, E_FAULT, _to_fault, _F),
     (S_IDLE, E_TECH, _to_tech, _X),
+    (S_IDLE, E_CLEAR, _stay, _I),  # clear() fires CLEAR only from a fault
     (S_ARMED, E_PRESS, _armed_press, _R | _T),
     (S_ARMED, E_TIMEOUT, _armed_timeout, _I),
     (S_ARMED, E_ARM, _arm, _A),
     (S_ARMED, E_DISARM, _armed_disarm, _A | _I),
     (S_ARMED, E_FAULT, _to_fault, _F),
     (S_ARMED, E_TECH, _to_tech, _X),
+    (S_ARMED, E_CLEAR, _stay, _A),
     (S_REASON, E_PRESS, _reason_press, _T),
     (S_REASON, E_TIMEOUT, _reason_timeout, _T),
     (S_REASON, E_ARM, _defer_arm, _R),
     (S_REASON, E_DISARM, _defer_disarm, _R),
     (S_REASON, E_FAULT, _stay, _R),
     (S_REASON, E_TECH, _ignore, _R),
+    (S_REASON, E_CLEAR, _stay, _R),  # the rating in progress ends first
     (S_THANKS, E_PRESS, _ignore_press, _T),
     (S_THANKS, E_TIMEOUT, _thanks_timeout, _I | _A | _F),
     (S_THANKS, E_ARM, _defer_arm, _T),
     (S_THANKS, E_DISARM, _defer_disarm, _T),
     (S_THANKS, E_FAULT, _stay, _T),
     (S_THANKS, E_TECH, _ignore, _T),
+    (S_THANKS, E_CLEAR, _stay, _T),
     (S_FAULT, E_PRESS, _fault_press, _F),
     (S_FAULT, E_TIMEOUT, _stay, _F),
     (S_FAULT, E_ARM, _fault_arm, _F),
@@ -486,24 +489,7 @@ TABLE = (
     (S_TECH, E_CLEAR, _stay, _X),
     (S_TECH, E_TECH, _stay, _X),
 )
-# CLEAR outside FAULT/TECH cannot happen: clear() fires it only when the
-# last fault bit goes, and a fault always ends in FAULT (after THANKS at the
-# latest), except CLEAR during REASON/THANKS which simply has no effect:
-for _s in (S_IDLE, S_ARMED, S_REASON, S_THANKS):
-    TABLE = TABLE + ((_s, E_CLEAR, _stay, 1 << _s),)
 
 _TABLE = {}
 for _row in TABLE:
-    _TABLE[_row[0] * 8 + _row[1]] = (_row[2], _row[3])
-
-
-def table_text():
-    """The table as text lines (docs/firmware.md is checked against it)."""
-    lines = []
-    for s, e, fn, allowed in TABLE:
-        targets = [STATE_NAMES[i] for i in range(6) if (allowed >> i) & 1]
-        name = fn.__name__ if hasattr(fn, "__name__") else "?"
-        lines.append(
-            "%-7s %-8s -> %-22s %s" % (STATE_NAMES[s], EVENT_NAMES[e], "|".join(targets), name)
-        )
-    return lines
+    _TABLE[_row[0] * 8 + _row[1]] = _row

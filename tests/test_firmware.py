@@ -45,7 +45,7 @@ def test_table_has_one_row_per_state_and_event() -> None:
 def test_transition_not_in_table_raises_named_error(monkeypatch) -> None:
     ev = ui.Evaluator()
     table = dict(ui._TABLE)
-    del table[ui.S_IDLE * 8 + ui.E_ARM]
+    del table[ui.S_IDLE * 8 + ui.E_ARM]  # as if the row were missing
     monkeypatch.setattr(ui, "_TABLE", table)
     with pytest.raises(ui.TransitionError, match="ARM in IDLE"):
         ev.arm(5, 1000, 0)
@@ -54,8 +54,8 @@ def test_transition_not_in_table_raises_named_error(monkeypatch) -> None:
 def test_handler_leading_outside_its_row_raises(monkeypatch) -> None:
     ev = ui.Evaluator()
     table = dict(ui._TABLE)
-    fn, _ = table[ui.S_IDLE * 8 + ui.E_ARM]
-    table[ui.S_IDLE * 8 + ui.E_ARM] = (fn, 1 << ui.S_IDLE)
+    s, e, fn, _ = table[ui.S_IDLE * 8 + ui.E_ARM]
+    table[ui.S_IDLE * 8 + ui.E_ARM] = (s, e, fn, 1 << ui.S_IDLE)
     monkeypatch.setattr(ui, "_TABLE", table)
     with pytest.raises(ui.TransitionError, match="may not lead to ARMED"):
         ev.arm(5, 1000, 0)
@@ -108,7 +108,9 @@ def test_ticks_wrap() -> None:
 
 def test_docs_table_matches_code() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "firmware.md").read_text("utf-8")
-    for line in ui.table_text():
+    from haochaping.firmware.tabledoc import table_text
+
+    for line in table_text():
         assert line in doc, f"docs/firmware.md lacks table row: {line}"
 
 

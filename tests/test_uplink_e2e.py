@@ -322,3 +322,64 @@ def test_full_disk_while_cutting_raises_alarm_and_recovers(tmp_path):
     up.run(until_idle=True)
     assert runner.status(str(db))["batches"]["spooled"] == 1 and "db_error" not in up.alarms
     up.close()
+
+
+@pytest.mark.slow
+def test_outage_of_days_on_a_virtual_clock(tmp_path):
+    """Three days without the province: every rating kept, retries capped, then a
+    catch-up that sends the batches oldest first, back to back."""
+    kd = tmp_path / "keys"
+    keys.init(kd)
+    db = tmp_path / "hall.sqlite"
+    st = store.Store(db)
+    probe = province.Receiver(tmp_path / "prov")  # reserve a port; the province is down
+    port = probe.port
+    probe.server.server_close()
+    probe.store.close()
+    now = [bench.BASE_MS / 1000]
+    cfg = runner.UplinkConfig(
+        db=str(db), hall_id="hall-d", keys_dir=str(kd), url=f"http://127.0.0.1:{port}/batches",
+        batch_size=200, seed=7,
+    )  # fmt: skip
+    up = runner.Uplink(cfg, clock=lambda: now[0])
+    rng = random.Random(7)
+    hours, total, attempts = 72, 0, 0
+    prev_pending = 0
+    for _hour in range(hours):
+        st.commit(  # an hour of presses, stamped with the virtual time
+            [
+                store.NewRating(0x77, total + i + 1, rng.randint(1, 5), 0, 1, None, None, 0, 0,
+                                1, int(now[0] * 1000), "received")
+                for i in range(60)
+            ],
+            int(now[0] * 1000),
+        )  # fmt: skip
+        total += 60
+        end = now[0] + 3600
+        while now[0] < end:
+            up.step()
+            attempts += 1
+            now[0] = min(end, max(now[0] + 1, up.next_try))
+        pending_now = runner.status(str(db))["batches"]["pending"]
+        assert pending_now >= prev_pending  # nothing is ever dropped
+        prev_pending = pending_now
+    s = runner.status(str(db))
+    assert s["batches"]["acked"] == 0 and s["pendingRatings"] + s["unbatchedRatings"] == total
+    assert s["unbatchedRatings"] < 200  # the rest waits in full, signed batches
+    # equal jitter at the cap: at least cap/2 between attempts, so retries stay bounded
+    assert attempts <= hours * 3600 / (cfg.backoff_cap_s / 2) + hours * 2 + 20, attempts
+    pending = s["batches"]["pending"]
+    with province.Receiver(tmp_path / "prov", port=port, pubkeys=(str(kd),)) as r:
+        now[0] = max(now[0], up.next_try)
+        steps = 0
+        while runner.status(str(db))["batches"]["pending"]:
+            assert up.step(), "no progress in a catch-up step"
+            steps += 1
+        assert steps <= pending  # no waiting between successes: full speed
+        seqs = [json.loads(b)["header"]["batchSeq"] for b in r.store.bodies("hall-d")]
+        assert seqs == list(range(1, pending + 1))
+        up.cut_ready(now[0] + 10)  # the remainder, cut by age
+        up.run(until_idle=True)
+        assert r.store.stats()["records"] == total == 72 * 60
+    up.close()
+    st.close()

@@ -38,6 +38,8 @@ import click
     default=None,
     help="State directory to use and keep (default: a temporary one).",
 )
+@click.option("--ui", "interactive", is_flag=True,
+              help="Interactive: press the terminals' buttons yourself (a terminal UI).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def sim(
@@ -48,6 +50,7 @@ def sim(
     runtime: str,
     seed: int,
     keep: str | None,
+    interactive: bool,
     as_json: bool,
 ) -> None:
     """A simulated hall with real processes (daemon, uplink, provincial receiver,
@@ -60,7 +63,26 @@ def sim(
         n_serial, n_mqtt = 0, terminals
     elif transport == "both":
         n_serial, n_mqtt = terminals - terminals // 2, terminals // 2
+    if interactive:
+        run_ui(n_serial, n_mqtt, seed, keep, runtime)
+        return
     run_hall(n_serial, n_mqtt, cases, seed, keep, as_json, runtime)
+
+
+def run_ui(n_serial: int, n_mqtt: int, seed: int, keep: str | None, runtime: str) -> None:
+    from haochaping.simulator import hall, tui
+
+    if not sys.stdin.isatty():
+        raise click.ClickException("--ui needs an interactive terminal")
+    opts = hall.HallOptions(terminals=n_serial, mqtt_terminals=n_mqtt, cases=0, seed=seed,
+                            state_dir=keep, keep=keep is not None, runtime=runtime)  # fmt: skip
+    try:
+        with tui.stdin_keys() as keys:
+            summary, details, ok = tui.run(opts, keys)
+    except hall.HallError as e:
+        raise click.ClickException(str(e)) from None
+    _print_summary(summary, details, ok)
+    sys.exit(0 if ok else 1)
 
 
 def run_hall(

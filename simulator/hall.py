@@ -608,28 +608,37 @@ class Hall:
 
     # ------------------------------------------------------------ the scenario
 
+    def post_case(self, vt: VirtualTerminal | MpyTerminal, rng: random.Random) -> str | None:
+        """The window business system: a case finished at ``vt``'s window.
+        Returns the case number, or None (the error is recorded)."""
+        n = self.cases_posted.get(vt.window_no, 0) + 1
+        case_no = "4401" + time.strftime("%Y%m%d") + f"{vt.tid & 0xFFFF:04d}{n:04d}"
+        body = {
+            "case_no": case_no, "item_code": f"11440100MB2C{rng.randint(1, 99999):05d}",
+            "item_name": rng.choice(["居民身份证换领", "不动产登记", "营业执照办理", "社保卡补办", "出入境证件"]),
+            "dept_name": "市政务服务中心", "dept_code": "440100", "area_code": "440100",
+            "window_no": vt.window_no, "window_name": f"综合窗口{vt.window_no[1:]}",
+            "staff_id": f"S{vt.window_no[1:]}", "staff_name": f"工作人员{vt.window_no[1:]}",
+        }  # fmt: skip
+        code, res = _http(self.api + "/v1/cases", body, self.token)
+        if code != 201:
+            self.errors.append(f"case {case_no}: HTTP {code} {res}")
+            return None
+        self.sessions[int(res["session"])] = case_no
+        self.cases_posted[vt.window_no] = n
+        return case_no
+
     def _window(self, vt: VirtualTerminal | MpyTerminal, n_cases: int, rng: random.Random) -> None:
         """One window: the business system posts a case, a citizen rates it."""
-        for k in range(n_cases):
+        for _ in range(n_cases):
             if self.stop.is_set():
                 return
-            case_no = "4401" + time.strftime("%Y%m%d") + f"{vt.tid & 0xFFFF:04d}{k + 1:04d}"
             vt.thanks.clear()
             vt.idle.clear()
             vt.armed.clear()
-            body = {
-                "case_no": case_no, "item_code": f"11440100MB2C{rng.randint(1, 99999):05d}",
-                "item_name": rng.choice(["居民身份证换领", "不动产登记", "营业执照办理", "社保卡补办", "出入境证件"]),
-                "dept_name": "市政务服务中心", "dept_code": "440100", "area_code": "440100",
-                "window_no": vt.window_no, "window_name": f"综合窗口{vt.window_no[1:]}",
-                "staff_id": f"S{vt.window_no[1:]}", "staff_name": f"工作人员{vt.window_no[1:]}",
-            }  # fmt: skip
-            code, res = _http(self.api + "/v1/cases", body, self.token)
-            if code != 201:
-                self.errors.append(f"case {case_no}: HTTP {code} {res}")
+            case_no = self.post_case(vt, rng)
+            if case_no is None:
                 continue
-            self.sessions[int(res["session"])] = case_no
-            self.cases_posted[vt.window_no] = self.cases_posted.get(vt.window_no, 0) + 1
             if not vt.armed.wait(5):
                 self.errors.append(f"window {vt.window_no} was never armed for {case_no}")
                 continue

@@ -25,7 +25,7 @@ import haochaping.protocol as _proto
 import haochaping
 
 HOST_ONLY = {
-    "firmware": {"bundle", "board_sim", "main", "boot"},
+    "firmware": {"bundle", "board_sim", "main", "boot", "tabledoc"},
     "protocol": {"benchmark", "vectors"},
 }
 

@@ -32,7 +32,8 @@ def test_build_bundle(tmp_path: Path) -> None:
     ):
         p = out / "lib" / "haochaping" / "firmware" / f"{mod}.mpy"
         assert p.read_bytes()[:2] == b"M\x06", mod  # mpy v6
-    assert not (out / "lib" / "haochaping" / "firmware" / "board_sim.mpy").exists()
+    for host_only in ("board_sim", "bundle", "tabledoc"):
+        assert not (out / "lib" / "haochaping" / "firmware" / f"{host_only}.mpy").exists()
     assert (out / "main.py").exists() and (out / "boot.py").exists()
     tmpl = (out / "config.template.json").read_text()
     assert "REPLACE_WITH" in tmpl

@@ -127,6 +127,7 @@ class Plan:
     uplink_crashes: int = 0
     outages: int = 0
     disk_fulls: int = 0  # windows in which every commit fails with StoreFull
+    mqtt_terminals: int = 0  # the first ones talk MQTT-style (one frame per message), not serial
     ack_lost: float = 0.0
     skew: bool = False
     batch_size: int = 5
@@ -190,6 +191,8 @@ class Plan:
         p.skew = on("clock_skew")
         if on("disk_full"):
             p.disk_fulls = rng.randint(1, 3)
+        if on("mqtt"):
+            p.mqtt_terminals = rng.randint(1, p.terminals)
         return p
 
 
@@ -288,6 +291,7 @@ class Wire:
         self.q: list[tuple[int, int, bytes]] = []
         self.n = 0
         self.faulty = True
+        self.stream = True  # a byte stream (serial); False: whole messages (MQTT over TCP)
         self.last_at = 0
         self.stats = {"sent": 0, "dropped": 0, "duplicated": 0, "corrupted": 0, "reordered": 0}
 
@@ -307,11 +311,11 @@ class Wire:
             at = max(now + r.randint(1, 20), self.last_at)
             late = False
             if self.faulty:
-                if r.random() < p.corrupt:
+                if self.stream and r.random() < p.corrupt:
                     i = r.randrange(len(b))
                     b[i] ^= 1 << r.randrange(8)
                     self.stats["corrupted"] += 1
-                if r.random() < p.byte_loss and len(b) > 1:
+                if self.stream and r.random() < p.byte_loss and len(b) > 1:
                     del b[r.randrange(len(b))]
                     self.stats["corrupted"] += 1
                 if r.random() < p.reorder:
@@ -356,6 +360,9 @@ class Port:
         return self.vt.sim.terminal_sent(self.vt, frame)
 
     def feed(self, data: bytes) -> None:
+        if self.vt.mqtt:
+            self.frames.append(data)  # one frame per message
+            return
         self.decoder.receive_data(data)
         while True:
             try:
@@ -408,6 +415,8 @@ class VTerm:
             self.rate = 1.0
         self.up = Wire(rng, sim.plan)
         self.down = Wire(rng, sim.plan)
+        self.mqtt = index < sim.plan.mqtt_terminals
+        self.up.stream = self.down.stream = not self.mqtt
         self.boots = 0
         self.cut_next_write = 0
         self.acked_seen = 0  # highest ack point written to flash
@@ -532,19 +541,26 @@ class Daemon:
             chunks = vt.up.due(sim.now)
             if not chunks:
                 continue
-            dec = self.decoders[vt.tid]
-            source = f"sim:{vt.index}"
-            for c in chunks:
-                dec.receive_data(c)
-            while True:
-                try:
-                    f = dec.next_event()
-                except errors.ProtocolError as e:
-                    refusals.append((now, source, None, coremod.refusal_reason(e)))
-                    continue
-                if f is None:
-                    break
-                out = core.receive(source, bytes(f), now, bound=True)
+            frames: list[bytes] = []
+            if vt.mqtt:
+                source = f"mqtt:{vt.tid:08x}"
+                frames = chunks  # one frame per message
+            else:
+                source = f"sim:{vt.index}"
+                dec = self.decoders[vt.tid]
+                for c in chunks:
+                    dec.receive_data(c)
+                while True:
+                    try:
+                        f = dec.next_event()
+                    except errors.ProtocolError as e:
+                        refusals.append((now, source, None, coremod.refusal_reason(e)))
+                        continue
+                    if f is None:
+                        break
+                    frames.append(bytes(f))
+            for f in frames:
+                out = core.receive(source, f, now, bound=not vt.mqtt)
                 if out.refused:
                     refusals.append((now, source, out.terminal_id, out.refused))
                 for tid, frame in out.send:
@@ -767,7 +783,7 @@ class Sim:
     def terminal_sent(self, vt: VTerm, frame: bytes) -> bool:
         if not vt.plugged:
             return False
-        vt.up.send(serial.encode(frame), self.now)
+        vt.up.send(frame if vt.mqtt else serial.encode(frame), self.now)
         if self.bug == "free_before_ack" and vt.term is not None:
             # The broken rule: a frame on the wire counts as delivered.
             j = vt.term.journal
@@ -781,7 +797,7 @@ class Sim:
     def daemon_sent(self, tid: int, frame: bytes) -> None:
         for vt in self.vts:
             if vt.tid == tid and vt.plugged:
-                vt.down.send(serial.encode(frame), self.now)
+                vt.down.send(frame if vt.mqtt else serial.encode(frame), self.now)
 
     def crash_now(self, where: str) -> bool:
         """Maybe crash the daemon at this point of its commit path."""

@@ -71,7 +71,7 @@ def test_plan_is_a_function_of_the_seed() -> None:
     assert plans[3] == vopr.Plan.draw(random.Random(3))
     kinds = {k for p in plans.values() for k in p.faults}
     assert {"drop", "dup", "corrupt", "byte_loss", "reorder", "power_cut", "write_cut",
-            "daemon_crash", "province_outage", "clock_skew", "disk_full"} <= kinds  # fmt: skip
+            "daemon_crash", "province_outage", "clock_skew", "disk_full", "mqtt"} <= kinds  # fmt: skip
 
 
 def test_flash_cut_tears_one_write_and_the_journal_recovers() -> None:

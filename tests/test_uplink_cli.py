@@ -134,3 +134,40 @@ def test_uplink_run_stops_cleanly_on_sigterm(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_uplink_run_talks_to_systemd(tmp_path):
+    import signal
+    import socket
+
+    keys.init(tmp_path / "k")
+    st = store.Store(tmp_path / "hall.sqlite")
+    bench.fill(st, 5, random.Random(1))
+    st.close()
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(30)
+    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="200000")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "haochaping", "uplink", "run", "--db", str(tmp_path / "hall.sqlite"),
+         "--hall", "hall-sd", "--keys", str(tmp_path / "k"), "--spool", str(tmp_path / "out")],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    seen: list[str] = []
+    try:
+        while not (
+            "READY=1" in seen
+            and seen.count("WATCHDOG=1") >= 2
+            and any(m.startswith("STATUS=") for m in seen)
+        ):
+            seen += sock.recv(4096).decode().splitlines()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        while "STOPPING=1" not in seen:
+            seen += sock.recv(4096).decode().splitlines()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    assert seen.index("READY=1") < seen.index("WATCHDOG=1")

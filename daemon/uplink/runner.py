@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from haochaping.daemon import keys
+from haochaping.daemon import keys, sdnotify
 from haochaping.daemon.uplink import batch as batchmod
 from haochaping.daemon.uplink import delivery, profiles
 from haochaping.daemon.uplink.outbox import Outbox, OutboxError, connect
@@ -54,6 +54,7 @@ POLL_S = 0.1  # idle poll for new ratings
 CUTS_PER_ROUND = 8  # batches cut between two deliveries during a catch-up
 ALARM_EVERY_S = 10.0
 DB_RETRY_S = 1.0  # pause after a database error in the loop
+STATUS_EVERY_S = 5.0  # systemd STATUS= line
 MIN_FREE_BYTES = 512 * 1024 * 1024
 MAX_OUTBOX_BYTES = 2 * 1024 * 1024 * 1024
 
@@ -132,8 +133,11 @@ class Uplink:
         clock: Callable[[], float] = time.time,
         stop: threading.Event | None = None,
         sink: delivery.Sink | None = None,
+        notifier: sdnotify.Notifier | None = None,
     ) -> None:
         cfg.check()
+        self.notifier = notifier
+        self.next_watchdog = self.next_status = 0.0
         self.cfg = cfg
         self.clock = clock
         self.stop = stop or threading.Event()
@@ -262,6 +266,22 @@ class Uplink:
             sent = False
         return bool(cut or sent)
 
+    def _tell_systemd(self, now: float) -> None:
+        """WATCHDOG=1 at the interval systemd asked for, STATUS= every STATUS_EVERY_S."""
+        n = self.notifier
+        if n is None or not n.enabled:
+            return
+        if n.watchdog_s is not None and now >= self.next_watchdog:
+            n.watchdog()
+            self.next_watchdog = now + n.watchdog_s
+        if now >= self.next_status:
+            self.next_status = now + STATUS_EVERY_S
+            st = self.outbox.status()
+            n.status(
+                f"{st['batches']['pending']} batches ({st['pendingRatings']} ratings) pending,"
+                f" {st['unbatchedRatings']} waiting; alarms: {','.join(self.alarms) or 'none'}"
+            )
+
     def run(self, until_idle: bool = False) -> None:
         """Loop until ``stop`` is set (or, with ``until_idle``, until nothing is left).
 
@@ -269,8 +289,11 @@ class Uplink:
         full) is logged and the round retried after ``DB_RETRY_S``: the loop is
         the uplink's supervisor and does not die of it.
         """
+        if self.notifier is not None:
+            self.notifier.ready(f"uplink for hall {self.cfg.hall_id}")
         while not self.stop.is_set():
             try:
+                self._tell_systemd(time.monotonic())
                 if self.step():
                     continue
                 if until_idle:
@@ -284,19 +307,27 @@ class Uplink:
                 log.error("database error in the uplink loop: %s", e)
                 wait = DB_RETRY_S
             self.stop.wait(max(wait, 0.001))
+        if self.notifier is not None:
+            self.notifier.stopping()
 
 
 def run(cfg: UplinkConfig, stop: threading.Event | None = None, until_idle: bool = False) -> int:
-    """Run the uplink on ``cfg`` (holding the one-uplink-per-database lock)."""
+    """Run the uplink on ``cfg`` (holding the one-uplink-per-database lock).
+
+    Under systemd (``$NOTIFY_SOCKET``) it reports READY=1 once running,
+    WATCHDOG=1 at half ``WatchdogSec`` and a STATUS line; elsewhere that is a no-op.
+    """
     lock = _Lock(cfg.db)
+    notifier = sdnotify.Notifier()
     try:
-        up = Uplink(cfg, stop=stop)
+        up = Uplink(cfg, stop=stop, notifier=notifier)
         try:
             up.run(until_idle=until_idle)
             return up.delivered
         finally:
             up.close()
     finally:
+        notifier.close()
         lock.release()
 
 

@@ -48,12 +48,26 @@ def board_for(cfg):
 
 
 def fault_forever(why):
-    """No usable configuration: blink FAULT on whatever LEDs we can, feed the dog."""
+    """No usable configuration: blink all LEDs of the family's default pin
+    map (the FAULT pattern), feed the dog, wait for a technician."""
     log("config: " + why)
+    leds = []
+    try:
+        if sys.platform == "rp2":
+            from haochaping.firmware.board_rp2 import PINS
+        else:
+            from haochaping.firmware.board_esp32 import PINS_S3 as PINS
+        leds = [machine.Pin(n, machine.Pin.OUT) for n in PINS["leds"]]
+    except (ImportError, ValueError, OSError):
+        pass
     wdt = machine.WDT(timeout=8000)
+    on = 0
     while True:
         wdt.feed()
-        time.sleep_ms(200)
+        on ^= 1
+        for p in leds:
+            p.value(on)
+        time.sleep_ms(150)
 
 
 def run():

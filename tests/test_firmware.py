@@ -239,3 +239,13 @@ def test_powercut_every_write_point_and_2000_random_cpython() -> None:
     res = fw_powercut.sweep(2000, 7)
     assert res["points"] >= 2000 + 2 * res["writes"]
     assert res["cuts"] >= res["points"] - 10
+
+
+def test_sim_watchdog_fires_when_the_loop_stalls() -> None:
+    from haochaping.firmware.board_sim import SimWDT, WatchdogReset
+
+    w = SimWDT(8000)
+    w.feed(0)
+    w.check(8000)
+    with pytest.raises(WatchdogReset):
+        w.check(8001)

@@ -124,6 +124,14 @@ class Outbox:
         ).fetchone()
         return n, oldest
 
+    def oldest_unbatched_ms(self) -> int | None:
+        """received_ms of the first rating not yet in a batch (an index lookup)."""
+        row = self.conn.execute(
+            "SELECT received_ms FROM ratings WHERE id > ? ORDER BY id LIMIT 1",
+            (self.last_batched_id(),),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
     def cut(
         self,
         *,

@@ -184,7 +184,7 @@ class Uplink:
         while n < CUTS_PER_ROUND:
             force = False
             if self.outbox.pending_count() == 0:
-                _, oldest = self.outbox.unbatched()
+                oldest = self.outbox.oldest_unbatched_ms()
                 force = oldest is not None and oldest <= now * 1000 - self.cfg.max_age_s * 1000
             built = self.outbox.cut(
                 key=self.key,

@@ -52,6 +52,43 @@ _json = st.recursive(
 )
 
 
+_SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _jcs_quote(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        if ch in _SHORT:
+            out.append(_SHORT[ch])
+        elif ord(ch) < 0x20:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out) + '"'
+
+
+def jcs(v) -> str:
+    """RFC 8785 written from the RFC's text, independently of canonical.py."""
+    if v is None:
+        return "null"
+    if v is True or v is False:
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return _jcs_quote(v)
+    if isinstance(v, list):
+        return "[" + ",".join(jcs(x) for x in v) + "]"
+    keys_ = sorted(v, key=lambda k: k.encode("utf-16-be"))  # UTF-16 code units (3.2.3)
+    return "{" + ",".join(_jcs_quote(k) + ":" + jcs(v[k]) for k in keys_) + "}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json)
+def test_canonical_equals_rfc8785_written_from_the_text(value):
+    assert canonical.dumps(value) == jcs(value).encode("utf-8")
+
+
 @settings(max_examples=300, deadline=None)
 @given(_json)
 def test_canonical_equals_reference_rfc8785(value):

@@ -43,6 +43,7 @@ class Terminal:
         self._was_connected = False
         self._down_since = 0
         self._check = True
+        self._link_latch = False  # A_LINK_DOWN stays until a STATUS carried it
         self.last_seq = 0
         self.tech_shown = 0
 
@@ -137,6 +138,9 @@ class Terminal:
                     self._down(msg, now)
                 self._check = True
             self._send_all(s.poll(now))
+            if self._link_latch and s.state == L_UP and not s.status_due:
+                self._link_latch = False  # the daemon has seen it
+                self._check = True
         if s.state == L_UP:
             self._down_since = now
             if self.ev.faults & ui.FAULT_LINK:
@@ -211,6 +215,8 @@ class Terminal:
         if not self.session.clock.synced:
             alarms |= _m.A_CLOCK_UNSYNCED
         if link_down:
+            self._link_latch = True
+        if self._link_latch:
             alarms |= _m.A_LINK_DOWN
         self.session.set_alarms(alarms)
 

@@ -434,6 +434,59 @@ def unsynced_time():
     return {}
 
 
+def daemon_restart_and_disarm():
+    r = Rig()
+    r.run(100)
+    r.arm(41)
+    r.board.transport.deliver(r.peer.send(m.Disarm(41)))
+    r.step(10)
+    check(r.state() == "IDLE", "DISARM did not disarm: %s" % r.state())
+    r.press(0)
+    check(r.t.ev.refused == 1 and r.t.journal.writes == 0, "press after DISARM rated")
+    # The daemon restarts (new down epoch) and asks for HELLO.
+    hellos = r.peer.hellos
+    r.peer.restart()
+    r.board.transport.deliver(r.peer.send(m.ErrorDown(m.E_HELLO_REQUIRED, 0, "hello?")))
+    r.run(100)
+    check(r.peer.hellos == hellos + 1, "no HELLO after E_HELLO_REQUIRED")
+    r.arm(42)
+    r.press(2)
+    r.idle()
+    r.run(200)
+    check(r.peer.count == 1 and r.peer.stored[1][4] == 42, "rating after daemon restart")
+    # A replayed old ARM (counter below the last accepted one) changes nothing.
+    old = r.peer.send(m.Arm(43, 60, b"abcd"))
+    r.board.transport.deliver(r.peer.send(m.Time(0)))
+    r.step(10)
+    r.board.transport.deliver(old)
+    r.step(10)
+    check(r.state() == "IDLE" and r.t.session.rx_errors == 1, "replayed ARM accepted")
+    return {"hellos": r.peer.hellos}
+
+
+def link_fault():
+    r = Rig(policy=ui.RECORD)
+    r.t.link_fault_ms = 5000
+    r.run(100)
+    r.board.transport.connected = False
+    r.run(6000, 100)
+    check(r.state() == "FAULT", "link down 6 s not FAULT: %s" % r.state())
+    r.press(0)
+    check(r.t.journal.writes == 0, "rating taken in link FAULT")
+    r.board.transport.connected = True
+    r.peer.statuses = []
+    r.run(300)
+    check(r.state() == "IDLE", "link back, still %s" % r.state())
+    sts = r.peer.statuses
+    check(sts and sts[0].alarms & m.A_LINK_DOWN, "the outage was not reported in STATUS")
+    check(not sts[-1].alarms & m.A_LINK_DOWN, "A_LINK_DOWN not cleared after it was reported")
+    r.press(0)
+    r.idle()
+    r.run(200)
+    check(r.peer.count == 1, "no rating after the link came back")
+    return {}
+
+
 SCENARIOS = (
     one_rating_per_arm,
     reason_step,
@@ -443,4 +496,6 @@ SCENARIOS = (
     reboot_recovery,
     resend_after_reconnect,
     unsynced_time,
+    daemon_restart_and_disarm,
+    link_fault,
 )

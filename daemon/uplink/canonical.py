@@ -16,8 +16,9 @@ So instead of a new dependency (the ``rfc8785`` package is pure Python and 5x
 slower on a 200-record batch) this module checks that a value stays inside the
 domain and then uses the C-accelerated encoder.  Floats, big integers,
 non-ASCII or non-string keys and lone surrogates raise CanonicalError; they
-never reach a signature.  The tests cross-check against RFC 8785 vectors and
-the reference ``rfc8785`` implementation.
+never reach a signature.  The tests cross-check against RFC 8785 vectors, an
+implementation written from the RFC's text, and (where installed) the
+``rfc8785`` package.
 """
 
 from __future__ import annotations

@@ -328,3 +328,43 @@ def test_backoff_is_capped_exponential_with_jitter():
     assert b.next() <= 0.5
     with pytest.raises(ValueError):
         Backoff(2.0, 1.0, random.Random(1))
+
+
+def _mutations(rng: random.Random, body: bytes) -> bytes:
+    """One random change: a byte flipped, cut short, a value swapped for another type."""
+    k = rng.randrange(4)
+    if k == 0:
+        b = bytearray(body)
+        b[rng.randrange(len(b))] = rng.randrange(256)
+        return bytes(b)
+    if k == 1:
+        return body[: rng.randrange(len(body))]
+    doc = json.loads(body)
+    target = doc["header"] if k == 2 else rng.choice(doc["records"])
+    if k == 3 and rng.random() < 0.5:
+        target = target["origin"]
+    key = rng.choice(sorted(target))
+    target[key] = rng.choice([None, -1, 2**60, 1.5, "", "x" * 300, [], {}, True, "0" * 64])
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
+def test_only_batch_errors_escape_verify(keydir):
+    """Fuzz: 3,000 seeded mutations of a valid batch; verify raises BatchError or passes."""
+    ring = keys.Keyring.load(keydir)
+    body = build(keys.load_private(keydir), rows(4)).body
+    rng = random.Random(4242)
+    passed = 0
+    for i in range(3000):
+        m = _mutations(rng, body)
+        try:
+            batch.verify(m, ring)
+            # only a no-op change (a byte replaced by itself, a key set to its value) passes
+            assert json.loads(m) == json.loads(body), f"mutation {i} accepted"
+            passed += 1
+        except batch.BatchError:
+            pass
+        except Exception as e:  # pragma: no cover - the failure report
+            raise AssertionError(f"mutation {i} (seed 4242): {type(e).__name__}: {e}") from e
+    assert (
+        passed < 3000 * 0.05
+    )  # nearly every change is refused (a few flips hit spaces-free no-ops)

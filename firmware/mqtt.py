@@ -22,7 +22,6 @@ MQTT PUBACKs free nothing: only the daemon's protocol ACK frees the journal.
 """
 
 import select
-import socket
 
 try:
     from micropython import const
@@ -171,6 +170,8 @@ class MQTTTransport:
         self._backoff = min(self._backoff * 2, BACKOFF_MAX_MS)
 
     def _start(self, now):
+        import socket  # here, so the packet code also loads where there is none
+
         if self._addr is None:
             self._addr = socket.getaddrinfo(self.host, self.port)[0][-1]
         s = socket.socket()

@@ -71,3 +71,16 @@ def test_memory_on_micropython(micropython, tmp_path: Path) -> None:
     # the data beyond the code stays small and bounded over 1,000 ratings.
     assert m["session_peak"] - m["after_boot"] < 16 * 1024
     assert m["drain_peak"] - m["after_boot"] < 16 * 1024
+
+
+def test_mqtt_packets_on_micropython(micropython) -> None:
+    (res,) = micropython.run(MPY / "fw_mqtt_lane.py").json_lines()
+    assert bytes(res["publish"]) == b"\x32\x09\x00\x03a/b\x00\x07\x01\x02"
+    assert bytes(res["subscribe"]) == b"\x82\x06\x00\x01\x00\x01d\x01"
+    from haochaping.firmware import mqtt as fm
+
+    assert bytes(res["connect_head"]) == fm.connect_packet("hcp-1", 30, "s", b"offline")[:12]
+    assert bytes(res["connect_head"])[:2] == b"\x10\x1d"  # 29 bytes follow
+    assert res["after_connack"] == [True, True]  # SUBSCRIBE and "online" queued
+    assert bytes(res["frame"]) == b"FRAME"  # reassembled across two reads
+    assert bytes(res["puback"]) == b"\x40\x02\x00\x09"

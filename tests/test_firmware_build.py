@@ -31,7 +31,10 @@ def test_build_bundle(tmp_path: Path) -> None:
         "board_rp2",
     ):
         p = out / "lib" / "haochaping" / "firmware" / f"{mod}.mpy"
-        assert p.read_bytes()[:2] == b"M\x06", mod  # mpy v6
+        data = p.read_bytes()
+        assert data[:2] == b"M\x06", mod  # mpy v6
+        assert f"haochaping/firmware/{mod}.py".encode() in data  # board path embedded
+        assert str(Path.cwd()).encode() not in data and b"/work/" not in data
     for host_only in ("board_sim", "bundle", "tabledoc"):
         assert not (out / "lib" / "haochaping" / "firmware" / f"{host_only}.mpy").exists()
     assert (out / "main.py").exists() and (out / "boot.py").exists()

@@ -60,9 +60,10 @@ def selfcheck(as_json: bool) -> None:
     default=None,
     help="Use and keep this state directory.",
 )
+@click.option("--chaos", is_flag=True, help="kill -9 the daemon, uplink and receiver now and then.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def demo(
-    terminals: int, mqtt: bool | None, cases: int, seed: int, keep: str | None, as_json: bool
+    terminals: int, mqtt: bool | None, cases: int, seed: int, keep: str | None, chaos: bool, as_json: bool
 ) -> None:
     """Run the whole hall on this machine: daemon, uplink, provincial receiver and
     virtual terminals; exit 0 only if every pressed rating reached the receiver once."""
@@ -72,7 +73,7 @@ def demo(
 
     if mqtt is None:
         mqtt = shutil.which("mosquitto") is not None
-    run_hall(terminals, 2 if mqtt else 0, cases, seed, keep, as_json)
+    run_hall(terminals, 2 if mqtt else 0, cases, seed, keep, as_json, chaos=chaos)
 
 
 @main.group()

@@ -38,6 +38,8 @@ import click
     default=None,
     help="State directory to use and keep (default: a temporary one).",
 )
+@click.option("--chaos", is_flag=True,
+              help="kill -9 the daemon, the uplink and the receiver every few seconds.")  # fmt: skip
 @click.option("--ui", "interactive", is_flag=True,
               help="Interactive: press the terminals' buttons yourself (a terminal UI).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -50,6 +52,7 @@ def sim(
     runtime: str,
     seed: int,
     keep: str | None,
+    chaos: bool,
     interactive: bool,
     as_json: bool,
 ) -> None:
@@ -66,7 +69,7 @@ def sim(
     if interactive:
         run_ui(n_serial, n_mqtt, seed, keep, runtime)
         return
-    run_hall(n_serial, n_mqtt, cases, seed, keep, as_json, runtime)
+    run_hall(n_serial, n_mqtt, cases, seed, keep, as_json, runtime, chaos)
 
 
 def run_ui(n_serial: int, n_mqtt: int, seed: int, keep: str | None, runtime: str) -> None:
@@ -93,6 +96,7 @@ def run_hall(
     keep: str | None,
     as_json: bool,
     runtime: str = "cpython",
+    chaos: bool = False,
 ) -> None:
     """Run a hall, show it live, print the summary, exit 0 only if nothing was lost."""
     from haochaping.simulator import hall
@@ -109,6 +113,7 @@ def run_hall(
         state_dir=keep,
         keep=keep is not None,
         runtime=runtime,
+        chaos=chaos,
     )
     try:
         if as_json:
@@ -188,6 +193,11 @@ def _print_summary(s, details, ok) -> None:  # type: ignore[no-untyped-def]
             "{:.1f}".format(v["satisfaction_pct"]),
         )
     con.print(w)
+    kills = [c for c in details.get("chaos", []) if c.startswith("kill")]
+    if kills:
+        con.print(
+            f"chaos: {len(kills)} kill -9 ({', '.join(sorted(set(k[8:] for k in kills)))}) during the run"
+        )
     for v in details.get("micropython", []):
         con.print(f"one terminal ran on real MicroPython ({v}, WebAssembly port under Node.js)")
     for e in details.get("errors", []):

@@ -60,7 +60,8 @@ MPY_PACKAGE = (
 LOOP_MS = 5  # the terminals' main loop period
 PRESS_MS = 80  # a citizen holds a button this long
 START_TIMEOUT_S = 30.0  # a part that is not up by then fails the run
-DRAIN_TIMEOUT_S = 30.0  # after the last press, everything reaches the province within this
+DRAIN_TIMEOUT_S = 30.0
+CHAOS_RETRY_S = 30.0  # with --chaos the business system retries a case this long  # after the last press, everything reaches the province within this
 THANKS_MS = 400  # CONFIG C_THANKS_MS in the demo (the factory default is 2000)
 REASON_TIMEOUT_S = 2
 ARM_TIMEOUT_S = 5  # a citizen who walks away frees the window this soon
@@ -416,6 +417,7 @@ class HallOptions:
     keep: bool = False
     mosquitto: str | None = None
     runtime: str = "cpython"  # or "micropython": the first terminal runs on MicroPython (wasm)
+    chaos: bool = False  # kill -9 the daemon, the uplink and the receiver now and then
 
 
 @dataclass
@@ -433,6 +435,8 @@ class Hall:
         self.opts = opts
         self.rng = random.Random(opts.seed)
         self.procs: dict[str, subprocess.Popen[Any]] = {}
+        self.args: dict[str, list[str]] = {}
+        self.chaos_log: list[str] = []
         self.vts: list[VirtualTerminal | MpyTerminal] = []
         self.stop = threading.Event()
         self.loop_thread: threading.Thread | None = None
@@ -453,7 +457,8 @@ class Hall:
     # ------------------------------------------------------------ processes
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[Any]:
-        log = open(self.dir / (f"{name}.log"), "wb")  # noqa: SIM115 - closed with the process
+        self.args[name] = args
+        log = open(self.dir / (f"{name}.log"), "ab")  # noqa: SIM115 - closed with the process
         p = subprocess.Popen(
             [sys.executable, "-m", "haochaping", *args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -620,10 +625,18 @@ class Hall:
             "window_no": vt.window_no, "window_name": f"综合窗口{vt.window_no[1:]}",
             "staff_id": f"S{vt.window_no[1:]}", "staff_name": f"工作人员{vt.window_no[1:]}",
         }  # fmt: skip
-        code, res = _http(self.api + "/v1/cases", body, self.token)
-        if code != 201:
-            self.errors.append(f"case {case_no}: HTTP {code} {res}")
-            return None
+        end = time.monotonic() + (CHAOS_RETRY_S if self.opts.chaos else 0)
+        while True:
+            try:
+                code, res = _http(self.api + "/v1/cases", body, self.token)
+            except OSError as e:  # the daemon is down (chaos)
+                code, res = 0, str(e)
+            if code == 201:
+                break
+            if time.monotonic() >= end or self.stop.is_set():
+                self.errors.append(f"case {case_no}: HTTP {code} {res}")
+                return None
+            time.sleep(0.3)  # the business system retries while the daemon restarts
         self.sessions[int(res["session"])] = case_no
         self.cases_posted[vt.window_no] = n
         return case_no
@@ -640,7 +653,10 @@ class Hall:
             if case_no is None:
                 continue
             if not vt.armed.wait(5):
-                self.errors.append(f"window {vt.window_no} was never armed for {case_no}")
+                if self.opts.chaos:
+                    self.chaos_log.append(f"ARM for {case_no} lost with the daemon")
+                else:
+                    self.errors.append(f"window {vt.window_no} was never armed for {case_no}")
                 continue
             time.sleep(rng.uniform(0.05, 0.4))  # the citizen reads the buttons
             u = rng.random()
@@ -669,14 +685,20 @@ class Hall:
             th = threading.Thread(target=self._window, args=(vt, self.opts.cases, rng), daemon=True)
             threads.append(th)
             th.start()
+        chaos = None
+        if self.opts.chaos:
+            chaos = threading.Thread(target=self._chaos, args=(threads,), daemon=True)
+            chaos.start()
         while any(t.is_alive() for t in threads):
             if progress is not None:
                 progress(self.snapshot("rating"))
             if self.stop.is_set():
                 break
             time.sleep(0.2)
+        if chaos is not None:
+            chaos.join()
         pressed = sum(len(vt.confirmed) for vt in self.vts)
-        end = time.monotonic() + DRAIN_TIMEOUT_S
+        end = time.monotonic() + DRAIN_TIMEOUT_S * (3 if self.opts.chaos else 1)
         while time.monotonic() < end and not self.stop.is_set():
             snap = self.snapshot("draining")
             if progress is not None:
@@ -687,6 +709,32 @@ class Hall:
         if progress is not None:
             progress(self.snapshot("done"))
         return self.summary()
+
+    def restart(self, name: str) -> None:
+        """Start a killed part again, with the same arguments and files."""
+        self._spawn(name, self.args[name])
+
+    def kill(self, name: str) -> None:
+        p = self.procs.get(name)
+        if p is not None and p.poll() is None:
+            p.kill()  # SIGKILL: no shutdown path runs
+            p.wait()
+
+    def _chaos(self, windows: list[threading.Thread]) -> None:
+        """kill -9 the daemon, the uplink or the receiver every few seconds
+        while the windows work; each comes back after a moment."""
+        rng = random.Random(self.opts.seed * 7919)
+        while any(t.is_alive() for t in windows) and not self.stop.is_set():
+            time.sleep(rng.uniform(1.5, 4.0))
+            victim = rng.choice(("daemon", "uplink", "province"))
+            self.kill(victim)
+            self.chaos_log.append(f"kill -9 {victim}")
+            time.sleep(rng.uniform(0.3, 2.0))
+            self.restart(victim)
+        for name in ("province", "daemon", "uplink"):
+            p = self.procs.get(name)
+            if p is not None and p.poll() is not None:
+                self.restart(name)
 
     # ------------------------------------------------------------ observing
 
@@ -802,6 +850,7 @@ class Hall:
             "errors": list(self.errors)
             + [e for vt in self.vts if isinstance(vt, MpyTerminal) for e in vt.errors],
             "micropython": [vt.version for vt in self.vts if isinstance(vt, MpyTerminal)],
+            "chaos": list(self.chaos_log),
             "state_dir": str(self.dir) if (self.opts.keep or self.opts.state_dir) else None,
         }
         return out

@@ -74,3 +74,17 @@ def test_runtime_micropython_terminal_end_to_end(micropython, tmp_path) -> None:
     assert mpy_windows == ["W01"]
     assert d["windows"]["W01"]["ratings"] >= 2  # rated on MicroPython, verified at the receiver
     assert s["acknowledged"] == s["pressed"]
+
+
+def test_chaos_kill_9_daemon_uplink_receiver_still_exactly_once(
+    mosquitto_bin: str, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 of the daemon (its first victim with this seed), the uplink or
+    the receiver every few seconds: every pressed rating still arrives once."""
+    opts = hall.HallOptions(terminals=2, mqtt_terminals=1, cases=6, seed=1, chaos=True,
+                            mosquitto=mosquitto_bin, state_dir=str(tmp_path / "h"), keep=True)  # fmt: skip
+    s, d, ok = hall.run(opts)
+    kills = [c for c in d["chaos"] if c.startswith("kill -9")]
+    assert kills and kills[0] == "kill -9 daemon"
+    assert ok, (s, d)
+    assert s["lost"] == 0 and s["duplicates"] == 0 and s["acknowledged"] == s["pressed"] > 0

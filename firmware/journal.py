@@ -23,7 +23,8 @@ Rules:
   on sync/close; MicroPython's flush is lfs_file_sync, os.sync covers FAT),
   and only then returns the seq.  A write error propagates: no THANKS.
 - A seq is never reused: the next seq is above every valid record and above
-  the persisted ack point.  A torn record (power cut mid-write) fails its CRC
+  the persisted ack point (and above any seq the daemon ACKs: a wiped or
+  replaced board continues after what the daemon already holds).  A torn record (power cut mid-write) fails its CRC
   and is skipped; only the newest write can be torn, and its THANKS was never
   shown.
 - A slot is free only when its seq <= acked; ``append`` on a full journal
@@ -122,6 +123,7 @@ class Journal:
         self.head = 1  # next seq to write
         self.torn = 0  # invalid slots found in the unacknowledged range at boot
         self.writes = 0
+        self.jumps = 0  # ACKs that moved the head forward (see ack)
         self._meta_slot = 0
         self._load()
 
@@ -304,9 +306,15 @@ class Journal:
     def ack(self, seq, rx_last=None):
         """Free every slot up to ``seq`` (the daemon stored them); persist it
         with the daemon's last accepted down counter.  Returns True if the
-        ack point moved.  An ACK beyond what was written is clamped."""
+        ack point moved.
+
+        An ACK beyond what this journal wrote means the daemon holds seqs
+        this flash has forgotten (erased, or a replacement board with the
+        same terminal id): the head jumps past them, so no seq the daemon
+        has is ever reused for a new rating."""
         if seq >= self.head:
-            seq = self.head - 1
+            self.head = seq + 1
+            self.jumps += 1
         moved = seq > self.acked
         if moved or (rx_last is not None and rx_last > self.rx_last):
             if moved:

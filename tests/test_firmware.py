@@ -158,11 +158,14 @@ def test_journal_real_file_roundtrip(tmp_path: Path) -> None:
     assert j2.record(3) is None  # acked: not in the journal any more
 
 
-def test_journal_ack_beyond_head_is_clamped(tmp_path: Path) -> None:
+def test_journal_ack_beyond_head_moves_head_past_it(tmp_path: Path) -> None:
     j = _journal(tmp_path)
     j.append(5, 0, 0, 0, 0, 0, 0)
-    assert j.ack(99)
-    assert j.acked == 1 and j.head == 2
+    assert j.ack(99)  # the daemon holds up to 99: never reuse those seqs
+    assert j.acked == 99 and j.head == 100 and j.used == 0
+    assert j.append(4, 0, 0, 0, 0, 0, 0) == 100
+    j2 = Journal(j.f, 8, sync=lambda: None)
+    assert (j2.acked, j2.head) == (99, 101)
 
 
 def test_journal_corrupt_meta_with_records_raises(tmp_path: Path) -> None:

@@ -487,6 +487,29 @@ def link_fault():
     return {}
 
 
+def replaced_board():
+    """A board with the same terminal id but fresh flash (swapped or erased)
+    must not reuse seqs the daemon already holds."""
+    r = Rig(policy=ui.RECORD)
+    r.t.ev.settings.min_interval_ms = 0
+    r.run(100)
+    for i in range(3):
+        r.press(i)
+        r.idle()
+    r.run(200)
+    check(r.peer.count == 3, "first board stored %d" % r.peer.count)
+    r.f = MemFile()  # the new board
+    r.boot()
+    r.run(200)
+    check(r.t.journal.head == 4, "new board's head %d" % r.t.journal.head)
+    r.press(4)
+    r.press(0)
+    r.idle()
+    r.run(200)
+    check(r.peer.count == 4 and r.peer.stored[4][1:3] == (1, 1), "seq 4: %r" % (r.peer.stored,))
+    return {"head": r.t.journal.head}
+
+
 SCENARIOS = (
     one_rating_per_arm,
     reason_step,
@@ -498,4 +521,5 @@ SCENARIOS = (
     unsynced_time,
     daemon_restart_and_disarm,
     link_fault,
+    replaced_board,
 )

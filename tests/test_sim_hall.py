@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from haochaping.simulator import hall
 
@@ -76,6 +77,7 @@ def test_runtime_micropython_terminal_end_to_end(micropython, tmp_path) -> None:
     assert s["acknowledged"] == s["pressed"]
 
 
+@pytest.mark.slow
 def test_chaos_kill_9_daemon_uplink_receiver_still_exactly_once(
     mosquitto_bin: str, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]

@@ -21,6 +21,7 @@ from haochaping.cli import main
 SEEDS = 300
 
 
+@pytest.mark.slow
 def test_few_hundred_seeds_keep_every_invariant() -> None:
     report = vopr.check(list(range(SEEDS)))
     assert report.failures == [], "\n".join(str(f) for f in report.failures)

@@ -215,7 +215,7 @@ class Evaluator:
 
     def _fire(self, event, arg, now):
         self.nact = 0
-        row = _TABLE.get(self.state * 8 + event)
+        row = _TABLE[self.state * 8 + event]
         if row is None:
             raise TransitionError(
                 "no transition for %s in %s" % (EVENT_NAMES[event], STATE_NAMES[self.state])
@@ -427,10 +427,6 @@ def _tech_leave(m, arg, now):
     return m._base(now)
 
 
-def _tech_arm(m, session, now):
-    return _arm(m, session, now)
-
-
 def _tech_disarm(m, session, now):
     if session == m.session or session == 0:
         m.session = 0
@@ -483,13 +479,13 @@ TABLE = (
     (S_FAULT, E_TECH, _to_tech, _X),
     (S_TECH, E_PRESS, _tech_leave, _I | _A | _F),
     (S_TECH, E_TIMEOUT, _tech_leave, _I | _A | _F),
-    (S_TECH, E_ARM, _tech_arm, _A),
+    (S_TECH, E_ARM, _arm, _A),
     (S_TECH, E_DISARM, _tech_disarm, _X),
     (S_TECH, E_FAULT, _stay, _X),
     (S_TECH, E_CLEAR, _stay, _X),
     (S_TECH, E_TECH, _stay, _X),
 )
 
-_TABLE = {}
+_TABLE = [None] * (6 * 8)  # index state * 8 + event -> row
 for _row in TABLE:
     _TABLE[_row[0] * 8 + _row[1]] = _row

@@ -44,8 +44,8 @@ def test_table_has_one_row_per_state_and_event() -> None:
 
 def test_transition_not_in_table_raises_named_error(monkeypatch) -> None:
     ev = ui.Evaluator()
-    table = dict(ui._TABLE)
-    del table[ui.S_IDLE * 8 + ui.E_ARM]  # as if the row were missing
+    table = list(ui._TABLE)
+    table[ui.S_IDLE * 8 + ui.E_ARM] = None  # as if the row were missing
     monkeypatch.setattr(ui, "_TABLE", table)
     with pytest.raises(ui.TransitionError, match="ARM in IDLE"):
         ev.arm(5, 1000, 0)
@@ -53,7 +53,7 @@ def test_transition_not_in_table_raises_named_error(monkeypatch) -> None:
 
 def test_handler_leading_outside_its_row_raises(monkeypatch) -> None:
     ev = ui.Evaluator()
-    table = dict(ui._TABLE)
+    table = list(ui._TABLE)
     s, e, fn, _ = table[ui.S_IDLE * 8 + ui.E_ARM]
     table[ui.S_IDLE * 8 + ui.E_ARM] = (s, e, fn, 1 << ui.S_IDLE)
     monkeypatch.setattr(ui, "_TABLE", table)

@@ -152,7 +152,7 @@ class Plan:
         p = cls(
             terminals=rng.randint(1, 3),
             cases=rng.randint(4, 14),
-            capacity=rng.choice((8, 16, 64, 2000)),
+            capacity=rng.choice((2, 4, 8, 64, 2000)),
             no_case_record=rng.random() < 0.5,
             batch_size=rng.choice((1, 3, 5, 20)),
         )
@@ -388,6 +388,8 @@ class SimBoard(board_sim.SimBoard):
         super().show(pattern, button, terminal)
         if pattern == ui.P_THANKS:
             self.vt.sim.thanks(self.vt, terminal)
+        elif pattern in (ui.P_FAULT, ui.P_REFUSED, ui.P_IGNORED):
+            self.vt.sim.count("shown_" + ui.PATTERN_NAMES[pattern].lower())
 
 
 class VTerm:
@@ -841,7 +843,7 @@ class Sim:
             vt = r.choice(self.vts)
             t0 = r.randint(0, end)
             self.at(t0, self._plug(vt, False))
-            self.at(t0 + r.randint(500, 60_000), self._plug(vt, True))
+            self.at(t0 + r.randint(500, 180_000), self._plug(vt, True))
         for _ in range(self.plan.power_cuts):
             vt = r.choice(self.vts)
             self.at(r.randint(0, end), self._cut(vt))

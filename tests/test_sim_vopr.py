@@ -31,7 +31,7 @@ def test_few_hundred_seeds_keep_every_invariant() -> None:
     assert t["at_receiver"] >= t["thanks"]
     for fault in ("power_cut", "write_cut", "daemon_crash_after_commit",
                   "daemon_crash_before_commit", "province_outage", "province_ack_lost",
-                  "uplink_crash", "unplugged", "commits_refused_disk_full"):  # fmt: skip
+                  "uplink_crash", "unplugged", "commits_refused_disk_full", "shown_fault"):  # fmt: skip
         assert t.get(fault, 0) > 0, fault
     assert t["batches_duplicate"] > 0  # lost answers were resent and deduplicated
 

@@ -17,6 +17,10 @@ signed batch only the chain speaks (a row appended with a correctly
 recomputed chain there cannot be told from a new rating: the chain is
 unkeyed; it is signed, and so fixed, in the next batch).
 
+Annotations sent to the province (review outcomes such as 不属实, later
+flags) are signed too: one deleted or changed in the table since is an
+*annotation* finding.
+
 The report lists every finding in log order; the first one is *the* answer.
 This module only reads the database.
 """
@@ -33,7 +37,15 @@ from haochaping.daemon import chain, keys
 from haochaping.daemon.uplink import batch as batchmod
 
 # Findings at the same log position: what the signed batches say is more precise than the chain.
-_PRIORITY = {"missing": 0, "inserted": 1, "altered": 2, "gap": 3, "chain": 4, "batch": 5}
+_PRIORITY = {
+    "missing": 0,
+    "inserted": 1,
+    "altered": 2,
+    "gap": 3,
+    "chain": 4,
+    "annotation": 5,
+    "batch": 6,
+}
 
 
 class AuditError(Exception):
@@ -42,7 +54,7 @@ class AuditError(Exception):
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # missing | inserted | altered | chain | batch
+    kind: str  # missing | inserted | altered | chain | annotation | batch
     rating_id: int | None  # id in the log where it shows (None for a batch-level finding)
     terminal_id: int | None
     seq: int | None
@@ -147,7 +159,10 @@ def _check_chain(rows: list[dict[str, Any]], report: Report) -> None:
 
 
 def _signed_records(
-    conn: sqlite3.Connection, keyring: keys.Keyring, report: Report
+    conn: sqlite3.Connection,
+    keyring: keys.Keyring,
+    report: Report,
+    annotations: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     try:
         rows = conn.execute("SELECT seq, hash, body FROM uplink_batches ORDER BY seq").fetchall()
@@ -181,6 +196,8 @@ def _signed_records(
                 Finding("batch", None, None, None, f"batch {seq}: {p}", (0, _PRIORITY["batch"]))
             )
         prev_hash, prev_chain = v.hash, v.chain_end
+        if annotations is not None:
+            annotations.extend(dict(a, _batch=seq) for a in v.annotations)
         for r in v.records:
             o = dict(r["origin"])
             o["chain"] = bytes.fromhex(r["chain"])
@@ -236,6 +253,34 @@ def _compare(signed: list[dict[str, Any]], rows: list[dict[str, Any]], report: R
             j += 1
 
 
+def _compare_annotations(
+    conn: sqlite3.Connection, signed: list[dict[str, Any]], report: Report
+) -> None:
+    """Every annotation sent to the province is still in the table, unchanged."""
+    if not signed:
+        return
+    local = {
+        r[0]: r[1:]
+        for r in conn.execute("SELECT id, rating_id, kind, value, created_ms FROM annotations")
+    }
+    for a in signed:
+        want = (a["ratingId"], a["kind"], a["value"], a["createdMs"])
+        have = local.get(a["annotationId"])
+        if have != want:
+            what = "missing" if have is None else "altered"
+            report.findings.append(
+                Finding(
+                    "annotation",
+                    a["ratingId"],
+                    int(a["terminalId"], 16),
+                    a["seq"],
+                    f"annotation {a['annotationId']} ({a['kind']} {a['value']}) {what}"
+                    f" since signed batch {a['_batch']}",
+                    (a["ratingId"], _PRIORITY["annotation"]),
+                )
+            )
+
+
 def verify(db: str, keyring: keys.Keyring) -> Report:
     """Audit the ratings log in ``db`` against its chain and its signed batches."""
     try:
@@ -247,9 +292,11 @@ def verify(db: str, keyring: keys.Keyring) -> Report:
         rows = _rows(conn)
         report.ratings = len(rows)
         _check_chain(rows, report)
-        signed = _signed_records(conn, keyring, report)
+        signed_anns: list[dict[str, Any]] = []
+        signed = _signed_records(conn, keyring, report, signed_anns)
         report.signed_ratings = len(signed)
         _compare(signed, rows, report)
+        _compare_annotations(conn, signed_anns, report)
     finally:
         conn.close()
     report.findings.sort(key=lambda f: f.order)

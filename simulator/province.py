@@ -8,7 +8,9 @@ unknown key id arrives, so registering a rotated key is dropping a file in),
 the in-batch chain, province rules (a 差评 needs evalDetail or
 writingEvaluation; assessTime not before serviceTime), idempotency on batch
 id, batch order and chain continuity with the hall's previous batch, and
-record uniqueness per (hall, terminal, seq) ("评价数据不可重复").  With
+record uniqueness per (hall, terminal, seq) ("评价数据不可重复"), and that
+every annotation names an evaluation already received (a review outcome such
+as 不属实 marks it not adopted).  With
 ``require_cases`` (the case-first profile's province) an evaluation whose
 projectNo was not first POSTed to ``.../cases`` is refused (422
 ``case_unknown``).  Accepted
@@ -74,6 +76,18 @@ CREATE TABLE IF NOT EXISTS batches (
     body BLOB NOT NULL,
     received_ms INTEGER NOT NULL,
     UNIQUE (hall_id, batch_seq)
+);
+CREATE TABLE IF NOT EXISTS annotations (
+    hall_id TEXT NOT NULL,
+    annotation_id INTEGER NOT NULL,
+    rating_id INTEGER NOT NULL,
+    terminal_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    batch_id TEXT NOT NULL REFERENCES batches(batch_id),
+    PRIMARY KEY (hall_id, annotation_id)
 );
 CREATE TABLE IF NOT EXISTS cases (
     hall_id TEXT NOT NULL,
@@ -252,8 +266,37 @@ class Store:
             except sqlite3.IntegrityError as e:
                 c.execute("ROLLBACK")
                 raise Reject(422, "duplicate_record", f"评价数据不可重复: {e}") from e
+            for i, a in enumerate(v.annotations):
+                rated = c.execute(
+                    "SELECT rating_id FROM records WHERE hall_id = ? AND terminal_id = ?"
+                    " AND seq = ?",
+                    (h["hallId"], a["terminalId"], a["seq"]),
+                ).fetchone()
+                if rated is None or rated[0] != a["ratingId"]:
+                    c.execute("ROLLBACK")
+                    raise Reject(
+                        422, "annotation", f"annotations[{i}]: names no evaluation received"
+                    )
+                try:
+                    c.execute(
+                        "INSERT INTO annotations VALUES (?,?,?,?,?,?,?,?,?)",
+                        (
+                            h["hallId"],
+                            a["annotationId"],
+                            a["ratingId"],
+                            a["terminalId"],
+                            a["seq"],
+                            a["kind"],
+                            a["value"],
+                            a["createdMs"],
+                            h["batchId"],
+                        ),
+                    )
+                except sqlite3.IntegrityError as e:
+                    c.execute("ROLLBACK")
+                    raise Reject(422, "duplicate_annotation", f"annotations[{i}]: {e}") from e
             c.execute("COMMIT")
-        return dict(ack, status="accepted", receivedMs=now_ms)
+        return dict(ack, status="accepted", receivedMs=now_ms, annotations=len(v.annotations))
 
     def accept_cases(self, body: bytes) -> dict[str, Any]:
         """The case-first profile's service records (办件信息); idempotent on projectNo."""
@@ -292,6 +335,16 @@ class Store:
         with self.lock:
             rows = self.conn.execute(q + " ORDER BY hall_id, rating_id", args).fetchall()
         return [json.loads(x[0]) for x in rows]
+
+    def annotations(self, hall_id: str) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = self.conn.execute(
+                "SELECT annotation_id, rating_id, terminal_id, seq, kind, value, created_ms"
+                " FROM annotations WHERE hall_id = ? ORDER BY annotation_id",
+                (hall_id,),
+            ).fetchall()
+        names = ("annotationId", "ratingId", "terminalId", "seq", "kind", "value", "createdMs")
+        return [dict(zip(names, r, strict=True)) for r in rows]
 
     def bodies(self, hall_id: str) -> list[bytes]:
         with self.lock:

@@ -302,7 +302,8 @@ def test_key_files_mode_and_refusals(tmp_path):
         (lambda d: d["records"][0].update(assessNumber=2), "$.records[0].assessNumber: must be 1"),
         (lambda d: d["records"][0]["origin"].update(seq=-1), "$.records[0].origin.seq: outside"),
         (lambda d: d["records"][0].update(flags=["x"] * 17), "$.records[0].flags: number of items"),
-        (lambda d: d.update(records=[]), "$.records: number of items"),
+        (lambda d: d["records"].append(1), "$.records[2]: expected object"),
+        (lambda d: d.update(annotations=[]), "$.annotations: number of items"),
         (lambda d: d.update(signature="abc"), "$.signature: does not match"),
     ],
 )

@@ -148,13 +148,41 @@ def build_record(
 
 
 def signing_bytes(
-    header: Mapping[str, Any], records: Sequence[Mapping[str, Any]], schema_valid: bool = False
+    header: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
+    annotations: Sequence[Mapping[str, Any]] | None = None,
+    schema_valid: bool = False,
 ) -> bytes:
-    return canonical.dumps({"header": header, "records": records}, schema_valid=schema_valid)
+    """JCS of {header, records[, annotations]}: the bytes signed and hashed.
+
+    ``annotations`` is present only when non-empty, so a batch without any has
+    exactly the signed form it had before annotations existed.
+    """
+    content: dict[str, Any] = {"header": header, "records": records}
+    if annotations:
+        content["annotations"] = annotations
+    return canonical.dumps(content, schema_valid=schema_valid)
 
 
-def batch_hash(header: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> str:
-    return hashlib.sha256(signing_bytes(header, records)).hexdigest()
+def batch_hash(
+    header: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
+    annotations: Sequence[Mapping[str, Any]] | None = None,
+) -> str:
+    return hashlib.sha256(signing_bytes(header, records, annotations)).hexdigest()
+
+
+def build_annotation(a: Mapping[str, Any]) -> dict[str, Any]:
+    """An annotation row (joined with its rating's terminal_id and seq) as sent."""
+    return {
+        "annotationId": int(a["id"]),
+        "ratingId": int(a["rating_id"]),
+        "terminalId": "{:08x}".format(int(a["terminal_id"])),
+        "seq": int(a["seq"]),
+        "kind": str(a["kind"]),
+        "value": str(a["value"]),
+        "createdMs": int(a["created_ms"]),
+    }
 
 
 @dataclass(frozen=True)
@@ -170,6 +198,7 @@ class Built:
     count: int
     chain_end: str
     key_id: str
+    annotation_ids: tuple[int, ...] = ()
 
 
 def check_chain(prev: bytes, rows: Sequence[Mapping[str, Any]]) -> bytes:
@@ -195,10 +224,19 @@ def build(
     now_ms: int,
     cfg: RecordConfig,
     batch_id: str | None = None,
+    annotations: Sequence[Mapping[str, Any]] = (),
+    prev_last_id: int = 0,
 ) -> Built:
-    """Sign one batch over ``rows`` (in id order, chain-checked first)."""
-    if not rows:
-        raise ValueError("a batch holds at least one rating")
+    """Sign one batch over ``rows`` (in id order, chain-checked first) and ``annotations``.
+
+    ``annotations`` are rows of the daemon's annotations table joined with their
+    rating's terminal_id and seq; ``prev_last_id`` is the last rating id of the
+    previous batch (the range of an annotations-only batch is empty after it).
+    """
+    if not rows and not annotations:
+        raise ValueError("a batch holds at least one rating or annotation")
+    if len(annotations) > schema.MAX_ANNOTATIONS:
+        raise ValueError(f"at most {schema.MAX_ANNOTATIONS} annotations per batch")
     if len(rows) > schema.MAX_RECORDS:
         raise ValueError(f"at most {schema.MAX_RECORDS} ratings per batch")
     end = check_chain(chain_prev, rows)
@@ -223,20 +261,22 @@ def build(
         "recordCount": len(records),
         "keyId": kid,
     }
-    signed = signing_bytes(header, records)
+    anns = [build_annotation(a) for a in annotations]
+    signed = signing_bytes(header, records, anns)
     sig = base64.b64encode(key.sign(signed)).decode()
-    # JCS sorts "signature" after "header" and "records": append it to the signed bytes.
+    # JCS sorts "signature" after every other member: append it to the signed bytes.
     body = canonical.with_member(signed, "signature", sig)
     return Built(
         seq=seq,
         batch_id=header["batchId"],
         hash=hashlib.sha256(signed).hexdigest(),
         body=body,
-        first_id=int(rows[0]["id"]),
-        last_id=int(rows[-1]["id"]),
+        first_id=int(rows[0]["id"]) if rows else prev_last_id + 1,
+        last_id=int(rows[-1]["id"]) if rows else prev_last_id,
         count=len(records),
         chain_end=end.hex(),
         key_id=kid,
+        annotation_ids=tuple(a["annotationId"] for a in anns),
     )
 
 
@@ -254,8 +294,15 @@ class Verified:
         return self.doc["records"]  # type: ignore[no-any-return]
 
     @property
+    def annotations(self) -> list[dict[str, Any]]:
+        return self.doc.get("annotations", [])  # type: ignore[no-any-return]
+
+    @property
     def chain_end(self) -> str:
-        return self.records[-1]["chain"]  # type: ignore[no-any-return]
+        """The local chain value after this batch (its chainPrev if it has no records)."""
+        if self.records:
+            return self.records[-1]["chain"]  # type: ignore[no-any-return]
+        return self.header["chainPrev"]  # type: ignore[no-any-return]
 
 
 def parse(body: bytes) -> dict[str, Any]:
@@ -286,7 +333,10 @@ def verify_doc(doc: dict[str, Any], keyring: keys.Keyring) -> Verified:
         raise BatchError("count", f"recordCount {h['recordCount']} but {len(recs)} records")
     if h["keyId"] not in keyring:
         raise BatchError("key", "unknown signing key {}".format(h["keyId"]))
-    signed = signing_bytes(h, recs, schema_valid=True)
+    anns = doc.get("annotations", [])
+    if not recs and not anns:
+        raise BatchError("empty", "a batch carries at least one record or annotation")
+    signed = signing_bytes(h, recs, anns, schema_valid=True)
     if not keyring.verify(h["keyId"], base64.b64decode(doc["signature"]), signed):
         raise BatchError("signature", "signature does not verify")
     prev = bytes.fromhex(h["chainPrev"])
@@ -317,4 +367,15 @@ def verify_doc(doc: dict[str, Any], keyring: keys.Keyring) -> Verified:
             raise BatchError("bad_no_reason", f"records[{i}]: 差评 without evalDetail or text")
         if r["serviceTime"] is not None and r["assessTime"] < r["serviceTime"]:
             raise BatchError("time", f"records[{i}]: assessTime before serviceTime")
+    in_batch = {r["ratingId"]: (r["terminalId"], r["seq"]) for r in recs}
+    last_ann = 0
+    for i, a in enumerate(anns):
+        if a["annotationId"] <= last_ann:
+            raise BatchError("order", f"annotations[{i}]: annotation ids must increase")
+        last_ann = a["annotationId"]
+        ref = in_batch.get(a["ratingId"])
+        if ref is not None and ref != (a["terminalId"], a["seq"]):
+            raise BatchError("annotation", f"annotations[{i}]: not the rating it names")
+        if ref is None and recs and a["ratingId"] > recs[-1]["ratingId"]:
+            raise BatchError("annotation", f"annotations[{i}]: names a rating not yet sent")
     return Verified(doc, hashlib.sha256(signed).hexdigest())

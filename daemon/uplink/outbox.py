@@ -6,7 +6,9 @@ The uplink owns two tables in the daemon's database (created here with
 ``uplink_batches``  one row per signed batch: its header values, the exact
                     body bytes to send, delivery state ('pending', 'acked',
                     'spooled'), attempts, last error and the province's ack.
-``uplink_meta``     key/value: the hall id the outbox is bound to, alarms.
+``uplink_meta``     key/value: the hall id the outbox is bound to, alarms,
+                    the annotation floor.
+``uplink_annotations`` which batch took each row of ``annotations``.
 
 A batch is cut in one IMMEDIATE transaction (read the next ratings by
 ``id > last batched id``, sign, insert), so after any crash either the whole
@@ -49,6 +51,11 @@ CREATE TABLE IF NOT EXISTS uplink_batches (
 );
 CREATE INDEX IF NOT EXISTS uplink_batches_pending ON uplink_batches(state, seq);
 CREATE TABLE IF NOT EXISTS uplink_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS uplink_annotations (
+    annotation_id INTEGER PRIMARY KEY,
+    batch_seq INTEGER NOT NULL,
+    sent INTEGER NOT NULL  -- 1: in the batch's annotations, 0: carried as a record flag
+);
 """
 
 
@@ -147,12 +154,16 @@ class Outbox:
             rows = self.conn.execute(
                 "SELECT * FROM ratings WHERE id > ? ORDER BY id LIMIT ?", (last_id, max_records)
             ).fetchall()
-            if not rows or (len(rows) < max_records and not force):
+            if len(rows) < max_records and not force:
+                return None
+            new_last = rows[-1]["id"] if rows else last_id
+            carried, send = self._waiting_annotations(rows, new_last)
+            if not rows and not send:
                 return None
             if chain_prev is None:
                 before = self.conn.execute(
                     "SELECT chain FROM ratings WHERE id < ? ORDER BY id DESC LIMIT 1",
-                    (rows[0]["id"],),
+                    (rows[0]["id"] if rows else last_id + 1,),
                 ).fetchone()
                 chain_prev = bytes(before[0]) if before is not None else chain.GENESIS
             case_ids = sorted({r["case_id"] for r in rows if r["case_id"] is not None})
@@ -163,12 +174,13 @@ class Outbox:
                 for c in self.conn.execute(q, part):
                     cases[c["id"]] = c
             flags: dict[int, list[str]] = {}
-            for rid, value in self.conn.execute(
-                "SELECT rating_id, value FROM annotations WHERE kind = 'flag'"
+            for aid, rid, value in self.conn.execute(
+                "SELECT id, rating_id, value FROM annotations WHERE kind = 'flag'"
                 " AND rating_id BETWEEN ? AND ? ORDER BY id",
-                (rows[0]["id"], rows[-1]["id"]),
+                (last_id + 1, new_last),
             ):
-                flags.setdefault(rid, []).append(value)
+                if aid in carried:
+                    flags.setdefault(rid, []).append(value)
             try:
                 built = batchmod.build(
                     hall_id=self.hall_id,
@@ -181,6 +193,8 @@ class Outbox:
                     key=key,
                     now_ms=now_ms,
                     cfg=cfg,
+                    annotations=send,
+                    prev_last_id=last_id,
                 )
             except batchmod.BatchError as e:
                 raise OutboxError(f"refusing to sign: {e} (run `hcp audit verify`)") from e
@@ -201,7 +215,70 @@ class Outbox:
                     built.body,
                 ),
             )
+            self.conn.executemany(
+                "INSERT INTO uplink_annotations VALUES (?, ?, ?)",
+                [(a, built.seq, 0) for a in sorted(carried)]
+                + [(a, built.seq, 1) for a in built.annotation_ids],
+            )
+            self._advance_annotation_floor()
         return built
+
+    # -- annotations ---------------------------------------------------------
+    #
+    # Every annotation of the daemon's table goes to the province exactly once:
+    # a 'flag' written with its rating travels in that rating's record flags
+    # ("carried"); anything written after its rating was batched -- a review
+    # outcome such as 不属实, a later flag -- travels in the next batch's
+    # ``annotations``.  uplink_annotations records which batch took each one;
+    # ``ann_floor`` (every id below it is handled) keeps the lookups short.
+
+    def _floor(self) -> int:
+        row = self.conn.execute("SELECT value FROM uplink_meta WHERE key='ann_floor'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _waiting_annotations(self, rows: list[Any], new_last: int) -> tuple[set[int], list[Any]]:
+        """(ids carried as flags of ``rows``, annotation rows to send) for the next batch."""
+        first_new = rows[0]["id"] if rows else new_last + 1
+        carried: set[int] = set()
+        send: list[Any] = []
+        for a in self.conn.execute(
+            "SELECT a.id, a.rating_id, a.kind, a.value, a.created_ms, r.terminal_id, r.seq"
+            " FROM annotations a JOIN ratings r ON r.id = a.rating_id"
+            " LEFT JOIN uplink_annotations u ON u.annotation_id = a.id"
+            " WHERE a.id >= ? AND a.rating_id <= ? AND u.annotation_id IS NULL"
+            " ORDER BY a.id LIMIT ?",
+            (self._floor(), new_last, batchmod.schema.MAX_ANNOTATIONS),
+        ):
+            if a["kind"] == "flag" and a["rating_id"] >= first_new:
+                carried.add(a["id"])
+            else:
+                send.append(a)
+        return carried, send
+
+    def _advance_annotation_floor(self) -> None:
+        floor = self._floor()
+        row = self.conn.execute(
+            "SELECT min(a.id) FROM annotations a LEFT JOIN uplink_annotations u"
+            " ON u.annotation_id = a.id WHERE a.id >= ? AND u.annotation_id IS NULL",
+            (floor,),
+        ).fetchone()
+        if row[0] is None:
+            row = self.conn.execute("SELECT coalesce(max(id), 0) + 1 FROM annotations").fetchone()
+        self.conn.execute(
+            "INSERT INTO uplink_meta VALUES ('ann_floor', ?) ON CONFLICT(key) DO UPDATE"
+            " SET value = excluded.value",
+            (str(int(row[0])),),
+        )
+
+    def oldest_waiting_annotation_ms(self) -> int | None:
+        """created_ms of the oldest annotation on a batched rating not yet sent."""
+        row = self.conn.execute(
+            "SELECT min(a.created_ms) FROM annotations a LEFT JOIN uplink_annotations u"
+            " ON u.annotation_id = a.id WHERE a.id >= ? AND a.rating_id <= ?"
+            " AND u.annotation_id IS NULL",
+            (self._floor(), self.last_batched_id()),
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
 
     # -- delivery ----------------------------------------------------------
 

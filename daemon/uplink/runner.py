@@ -3,7 +3,8 @@
 Rules (the uplink's state machine, one place):
 
 * A batch is cut when ``batch_size`` ratings wait, or when the outbox is
-  empty and the oldest waiting rating is ``max_age`` old.  While a batch
+  empty and the oldest waiting rating -- or annotation (a review outcome
+  written after its rating was batched) -- is ``max_age`` old.  While a batch
   waits for the province (outage), new ratings are cut only into full
   batches, so a long outage yields few, full batches, not one per second.
 * Exactly one batch is in flight, always the oldest pending one: the
@@ -184,8 +185,12 @@ class Uplink:
         while n < CUTS_PER_ROUND:
             force = False
             if self.outbox.pending_count() == 0:
+                due = now * 1000 - self.cfg.max_age_s * 1000
                 oldest = self.outbox.oldest_unbatched_ms()
-                force = oldest is not None and oldest <= now * 1000 - self.cfg.max_age_s * 1000
+                oldest_ann = self.outbox.oldest_waiting_annotation_ms()
+                force = (oldest is not None and oldest <= due) or (
+                    oldest_ann is not None and oldest_ann <= due
+                )
             built = self.outbox.cut(
                 key=self.key,
                 cfg=self.cfg.record,

@@ -9,7 +9,8 @@ implements exactly the JSON Schema (2020-12) keywords the schema uses: ``type``,
 ``minItems``, ``maxItems``.  A keyword it does not know raises SchemaError at
 import, so the schema cannot silently grow a rule nobody checks.
 
-Rules a schema cannot say (recordCount equals the number of records, the
+Rules a schema cannot say (recordCount equals the number of records, a
+batch carries at least one record or annotation, the
 signature, the chains) are checked in ``batch.verify``.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 
 FORMAT = "hcp-uplink/1"
 MAX_RECORDS = 5000  # records in one batch
+MAX_ANNOTATIONS = 5000  # annotations in one batch
 TEXT_MAX = 200  # characters in a national text field
 WRITING_MAX = 500  # characters of writingEvaluation
 FLAGS_MAX = 16  # suspect-reason flags on one record
@@ -148,6 +150,26 @@ RECORD: dict[str, Any] = {
     },
 }
 
+ANNOTATION: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["annotationId", "ratingId", "terminalId", "seq", "kind", "value", "createdMs"],
+    "properties": {
+        "annotationId": {"type": "integer", "minimum": 1, "maximum": 2**53 - 1},
+        "ratingId": {"type": "integer", "minimum": 1, "maximum": 2**53 - 1},
+        "terminalId": {"type": "string", "pattern": "^[0-9a-f]{8}$"},
+        "seq": dict(_U32),
+        "kind": {"type": "string", "enum": ["review", "flag"]},
+        "value": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 64,
+            "description": "e.g. 不属实 (review found the 差评 untrue: not adopted), too_fast",
+        },
+        "createdMs": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1},
+    },
+}
+
 HEADER: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -173,7 +195,7 @@ HEADER: dict[str, Any] = {
         "createdMs": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1},
         "prevBatchHash": {"type": "string", "pattern": _HEX64},
         "chainPrev": {"type": "string", "pattern": _HEX64},
-        "recordCount": {"type": "integer", "minimum": 1, "maximum": MAX_RECORDS},
+        "recordCount": {"type": "integer", "minimum": 0, "maximum": MAX_RECORDS},
         "keyId": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
     },
 }
@@ -187,7 +209,14 @@ SCHEMA: dict[str, Any] = {
     "required": ["header", "records", "signature"],
     "properties": {
         "header": HEADER,
-        "records": {"type": "array", "minItems": 1, "maxItems": MAX_RECORDS, "items": RECORD},
+        "records": {"type": "array", "minItems": 0, "maxItems": MAX_RECORDS, "items": RECORD},
+        "annotations": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_ANNOTATIONS,
+            "items": ANNOTATION,
+            "description": "review outcomes and flags recorded after their rating was batched",
+        },
         "signature": {
             "type": "string",
             "pattern": "^[A-Za-z0-9+/]{86}==$",

@@ -41,6 +41,7 @@ STOP_BOUND_S = 10  # SIGTERM to exit, worst case (a commit plus transport shutdo
 TICK_S = 0.5  # housekeeping: supervise transports, watchdog, status
 STATUS_EVERY_S = 10
 REFUSAL_LOG_EVERY_MS = 60_000  # one refusals row per (source, reason) per minute
+SWITCH_INTERVAL_S = 0.001
 SESSION_LOAD_MS = 7 * 24 * 3600 * 1000
 
 
@@ -363,7 +364,20 @@ def main(config_path: str) -> int:
     cfg = config_mod.load(config_path)
     setup_logging(cfg.log_level)
     os.umask(0o077)
+    # The MQTT network thread must get the GIL back soon after each socket
+    # read while the ingest loop works through a batch (docs/benchmarks.md).
+    sys.setswitchinterval(float(os.environ.get("HCP_SWITCH_INTERVAL", SWITCH_INTERVAL_S)))
     d = Daemon(cfg)
+    prof = os.environ.get("HCP_PROFILE")
+    if prof:
+        # developer aid for the benchmark: where the ingest time goes
+        import cProfile
+
+        p = cProfile.Profile()
+        try:
+            return p.runcall(asyncio.run, d.run())
+        finally:
+            p.dump_stats(prof)
     return asyncio.run(d.run())
 
 

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 INBOX_MAX = 100_000  # events waiting for the core; past it transports wait (back-pressure)
+GATHER_S = 0.002  # latency added to the first event of a batch
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 
@@ -77,6 +78,11 @@ class Inbox:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
+        if 0 < len(self._q) < max_n and GATHER_S > 0:
+            # Let a batch gather: waking per message makes the loop thread and
+            # the transport threads hand the GIL back and forth (measured:
+            # 1.5x slower drain), and bigger groups make cheaper commits.
+            await asyncio.sleep(GATHER_S)
         with self._lock:
             self._wake.clear()
             self._signalled = False

@@ -30,6 +30,11 @@ READ_TIMEOUT_S = 0.05
 WRITE_TIMEOUT_S = 1.0
 READ_MAX = 4096
 SCAN_INTERVAL_S = 0.5
+# Bytes fed to the decoder at once.  protocol.serial.Decoder keeps at most
+# MAX_PENDING whole chunks and drops the oldest beyond that; the shortest
+# chunk it keeps is 2 bytes (one byte and the delimiter), so a slice this
+# size can never make it drop one.
+FEED_MAX = wire.MAX_PENDING * 2
 
 
 class _Port:
@@ -54,16 +59,19 @@ class _Port:
                 data = ser.read(max(1, min(ser.in_waiting, READ_MAX)))
                 if not data:
                     continue
-                dec.receive_data(data)
-                while True:
-                    try:
-                        fr = dec.next_event()
-                    except errors.ProtocolError as e:
-                        inbox.put(Bad(path, refusal_reason(e)))
-                        continue
-                    if fr is None:
-                        break
-                    inbox.put(Received(path, fr, True, self.t))
+                for i in range(0, len(data), FEED_MAX):
+                    # the decoder holds at most MAX_PENDING whole chunks:
+                    # feed it a slice that cannot hold more, then drain it
+                    dec.receive_data(data[i : i + FEED_MAX])
+                    while True:
+                        try:
+                            fr = dec.next_event()
+                        except errors.ProtocolError as e:
+                            inbox.put(Bad(path, refusal_reason(e)))
+                            continue
+                        if fr is None:
+                            break
+                        inbox.put(Received(path, fr, True, self.t))
                 self.failures = 0
         except Exception as e:  # noqa: BLE001 - any port failure ends this reader; supervise restarts it
             if not self.stop.is_set():

@@ -96,3 +96,26 @@ def test_fifty_terminals_mixed_exactly_once(hall):
     m = metrics(hall["api"])
     assert m["hcp_ratings_stored_total"] == sent
     assert d.stop() == 0
+
+
+def test_serial_burst_is_not_dropped(hall):
+    """300 frames in one write: far more than the decoder's MAX_PENDING chunks
+    in one read; every one is taken without a resend."""
+    t = FakeTerminal(0x1F00, make_key(77))
+    provision(hall["db"], [t])
+    d = DaemonProcess(hall["cfg"], hall["tmp"]).start()
+    hall["closers"].append(d.stop)
+    p = PtyPeer(t, hall["ports"])
+    hall["closers"].append(p.close)
+    for _ in range(300):
+        t.press(4)
+    import time
+
+    time.sleep(1.0)  # the port scan opens the new port
+    from haochaping.protocol import serial as wire
+
+    p.write_raw(b"".join(wire.encode(f) for f in [t.hello()] + t.send_new(per_frame=1)))
+    assert drive([p], 20, ack_timeout_s=30), "a resend was needed"
+    m = metrics(hall["api"])
+    assert not any(k.startswith("hcp_frames_refused_total") and v for k, v in m.items())
+    assert len(stored(hall["db"])) == 300

@@ -94,6 +94,7 @@ def test_exactly_once_under_faults_and_kill9(tmp_path):
     st = store.Store(db)
     rng = random.Random(20261125)
     total = kills = 0
+    reviews: dict[int, tuple[int, str]] = {}
     with province.Receiver(tmp_path / "prov", pubkeys=(str(kd),)) as r:
         proc = None
         try:
@@ -104,6 +105,10 @@ def test_exactly_once_under_faults_and_kill9(tmp_path):
                 n = rng.randint(40, 250)
                 bench.fill(st, n, rng, start_seq=total + 1, group=rng.choice((1, 7, 50)))
                 total += n
+                for _ in range(rng.randint(0, 3)):  # review outcomes on earlier ratings
+                    rid = rng.randint(1, total)
+                    value = rng.choice(("不属实", "属实"))
+                    reviews[st.annotate(rid, "review", value, bench.BASE_MS + rnd)] = (rid, value)
                 if proc is None:
                     proc = start_uplink(db, kd, r.url, rnd)
                 # kill -9 once delivery of this round is under way (a random amount in)
@@ -125,6 +130,9 @@ def test_exactly_once_under_faults_and_kill9(tmp_path):
             if proc is None:
                 proc = start_uplink(db, kd, r.url, 999)
             wait_for(lambda: r.store.stats()["records"] >= total, "all records")
+            wait_for(
+                lambda: len(r.store.annotations("hall-e2e")) >= len(reviews), "all annotations"
+            )
             # the uplink has recorded every acknowledgement (no batch left pending)
             wait_for(lambda: runner.status(str(db))["batches"]["pending"] == 0, "all acks")
         finally:
@@ -137,6 +145,13 @@ def test_exactly_once_under_faults_and_kill9(tmp_path):
         injected = r.faults.injected
         assert all(injected[m] >= 1 for m in FAULTS if m != "none"), injected
         check_receiver_against_store(r, db, kd)
+        # every review outcome arrived exactly once (the receiver's key is the annotation id)
+        got = {
+            a["annotationId"]: (a["ratingId"], a["value"])
+            for a in r.store.annotations("hall-e2e")
+            if a["kind"] == "review"
+        }
+        assert got == reviews and len(reviews) >= 10
         assert runner.status(str(db))["batches"]["acked"] == stats["batches"]
     assert kills >= 15
 

@@ -268,10 +268,25 @@ class VirtualTerminal:
         self.thanks = threading.Event()
         self.idle = threading.Event()
         self.armed = threading.Event()
-        self.board = Board(self, str(state / (f"{tid:08x}.journal")))
-        self.board.transport = link  # type: ignore[assignment]
-        self.term = terminal.Terminal(self.board, tid, Key(key), capacity=4000)
+        self.journal_path = str(state / (f"{tid:08x}.journal"))
+        self.journaled_before = 0  # journal writes of earlier boots
+        self.boots = 0
+        self.board, self.term = self._boot()
         self.presses = 0
+
+    def _boot(self) -> tuple[Board, terminal.Terminal]:
+        board = Board(self, self.journal_path)
+        board.transport = self.link  # type: ignore[assignment]
+        self.boots += 1
+        return board, terminal.Terminal(board, self.tid, Key(self.key), capacity=4000)
+
+    def power_cut(self) -> None:
+        """Power off and on between two main-loop turns: RAM is gone, the
+        journal file (synced on every write) is what the new boot finds."""
+        with self.lock:
+            self.journaled_before += self.term.journal.writes
+            self.term.journal.f.close()
+            self.board, self.term = self._boot()
 
     def on_thanks(self, seq: int, level: int, reason: int, session: int) -> None:
         self.confirmed.append(Confirmed(self.tid, seq, level, reason, session))
@@ -291,7 +306,7 @@ class VirtualTerminal:
 
     @property
     def journaled(self) -> int:
-        return int(self.term.journal.writes)
+        return self.journaled_before + int(self.term.journal.writes)
 
 
 class MpyTerminal:
@@ -670,7 +685,10 @@ class Hall:
                     time.sleep(rng.uniform(0.1, 0.5))
                     vt.press(rng.randrange(5))  # the reason
             if not vt.thanks.wait(REASON_TIMEOUT_S + 3):
-                self.errors.append(f"no THANKS at {vt.window_no} for {case_no}")
+                if self.opts.chaos:
+                    self.chaos_log.append(f"no THANKS at {vt.window_no} for {case_no}")
+                else:
+                    self.errors.append(f"no THANKS at {vt.window_no} for {case_no}")
                 continue
             if rng.random() < 0.1:
                 vt.press(rng.randrange(5))  # presses again during THANKS: ignored
@@ -726,7 +744,14 @@ class Hall:
         rng = random.Random(self.opts.seed * 7919)
         while any(t.is_alive() for t in windows) and not self.stop.is_set():
             time.sleep(rng.uniform(1.5, 4.0))
-            victim = rng.choice(("daemon", "uplink", "province"))
+            victim = rng.choice(("daemon", "uplink", "province", "terminal"))
+            if victim == "terminal":
+                vts = [v for v in self.vts if isinstance(v, VirtualTerminal)]
+                if vts:
+                    vt = rng.choice(vts)
+                    vt.power_cut()
+                    self.chaos_log.append(f"power cut {vt.window_no}")
+                continue
             self.kill(victim)
             self.chaos_log.append(f"kill -9 {victim}")
             time.sleep(rng.uniform(0.3, 2.0))

@@ -60,7 +60,7 @@ def selfcheck(as_json: bool) -> None:
     default=None,
     help="Use and keep this state directory.",
 )
-@click.option("--chaos", is_flag=True, help="kill -9 the daemon, uplink and receiver now and then.")
+@click.option("--chaos", is_flag=True, help="kill -9 the daemon, uplink or receiver, or cut a terminal's power, now and then.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def demo(
     terminals: int, mqtt: bool | None, cases: int, seed: int, keep: str | None, chaos: bool, as_json: bool

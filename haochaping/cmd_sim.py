@@ -39,7 +39,7 @@ import click
     help="State directory to use and keep (default: a temporary one).",
 )
 @click.option("--chaos", is_flag=True,
-              help="kill -9 the daemon, the uplink and the receiver every few seconds.")  # fmt: skip
+              help="kill -9 the daemon, uplink or receiver, or cut a terminal's power, every few seconds.")  # fmt: skip
 @click.option("--ui", "interactive", is_flag=True,
               help="Interactive: press the terminals' buttons yourself (a terminal UI).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")

@@ -40,7 +40,7 @@ class ConfigError(Exception):
 @dataclass
 class TransportConfig:
     url: str
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold a password
 
 
 @dataclass

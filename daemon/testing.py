@@ -159,7 +159,7 @@ class Mosquitto:
             "autosave_interval 1\n"
             "max_queued_messages 1000000\n"
             "max_inflight_messages 0\n"
-            "message_size_limit 4096\n"
+            "max_packet_size 4096\n"
             "log_dest file %s/mosquitto.log\n" % (self.port, self.dir, self.dir)
         )
 

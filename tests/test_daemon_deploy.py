@@ -1,0 +1,154 @@
+"""deploy/: the systemd unit, the example config, the Mosquitto config and ACL."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from haochaping.daemon import config as config_mod
+from haochaping.daemon.testing import (
+    DaemonProcess,
+    FakeTerminal,
+    MqttHub,
+    drive,
+    free_port,
+    make_key,
+    provision,
+)
+
+from .conftest import ROOT, missing
+
+DEPLOY = ROOT / "deploy"
+SCORE_MAX = 2.0
+
+
+def _analyze() -> str:
+    exe = shutil.which("systemd-analyze")
+    if exe is None:
+        missing("systemd-analyze", "apt-get install systemd")
+    return exe  # type: ignore[return-value]
+
+
+def test_unit_verifies(tmp_path):
+    exe = _analyze()
+    # /usr/bin/hcp exists on an installed system; here the venv's hcp stands in
+    hcp = Path(sys.executable).parent / "hcp"
+    unit = tmp_path / "haochaping.service"
+    unit.write_text((DEPLOY / "haochaping.service").read_text().replace("/usr/bin/hcp", str(hcp)))
+    r = subprocess.run([exe, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+    text = unit.read_text()
+    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=haochaping",
+                 "ConfigurationDirectory=haochaping", "DynamicUser=yes"):  # fmt: skip
+        assert line in text
+
+
+def test_unit_security_score():
+    exe = _analyze()
+    r = subprocess.run([exe, "security", "--offline=yes", str(DEPLOY / "haochaping.service")],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    m = re.search(r"Overall exposure level for haochaping.service: ([0-9.]+)", r.stdout)
+    assert m, r.stdout[-500:] + r.stderr
+    assert float(m.group(1)) <= SCORE_MAX
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    assert "exposure level %s" % m.group(1) in ops, "docs/operations.md must record the score"
+
+
+def test_example_config_loads(tmp_path):
+    for name in ("haochaping.toml",):
+        shutil.copy(DEPLOY / name, tmp_path / name)
+    (tmp_path / "api-tokens").write_text("window-sys 0123456789abcdef0123\n")
+    (tmp_path / "mqtt-password").write_text("secret\n")
+    cfg = config_mod.load(tmp_path / "haochaping.toml")
+    assert [t.url.split(":")[0] for t in cfg.transports] == ["mqtt", "serial"]
+    assert cfg.transports[0].options["password"] == "secret"
+    assert "secret" not in repr(cfg) and "0123456789abcdef0123" not in repr(cfg)
+    assert cfg.hooks[0].contact and not cfg.hooks[1].contact
+    (tmp_path / "api-tokens").unlink()
+    with pytest.raises(config_mod.ConfigError, match=r"haochaping.toml: api.tokens_file: cannot read"):
+        config_mod.load(tmp_path / "haochaping.toml")
+
+
+@pytest.mark.slow
+def test_mosquitto_template_with_acl_and_password(tmp_path, mosquitto_bin):
+    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not Path(passwd).exists():
+        missing("mosquitto_passwd", "apt-get install mosquitto")
+    port = free_port()
+    conf = (DEPLOY / "mosquitto.conf").read_text()
+    conf = conf.replace("listener 1883 127.0.0.1", "listener %d 127.0.0.1" % port)
+    conf = conf.replace("/etc/mosquitto/haochaping.passwd", str(tmp_path / "passwd"))
+    conf = conf.replace("/etc/mosquitto/haochaping.acl", str(tmp_path / "acl"))
+    conf = conf.replace("/var/lib/mosquitto/", str(tmp_path) + "/")
+    import pwd
+
+    # as root, mosquitto would switch to its own user and not read these files
+    conf += "\nuser %s\n" % pwd.getpwuid(os.geteuid()).pw_name
+    (tmp_path / "mosquitto.conf").write_text(conf)
+    t = FakeTerminal(0x6001, make_key(1, 6))
+    tname = "%08x" % t.id
+    shutil.copy(DEPLOY / "mosquitto.acl", tmp_path / "acl")
+    (tmp_path / "acl").chmod(0o600)
+    subprocess.run([passwd, "-c", "-b", str(tmp_path / "passwd"), "hcp-daemon", "daemon-pw"], check=True)
+    subprocess.run([passwd, "-b", str(tmp_path / "passwd"), tname, "terminal-pw"], check=True)
+    (tmp_path / "passwd").chmod(0o600)
+    broker = subprocess.Popen([mosquitto_bin, "-c", str(tmp_path / "mosquitto.conf")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    import socket
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline and broker.poll() is None, "broker did not start"
+            time.sleep(0.05)
+    db = tmp_path / "hall.db"
+    (tmp_path / "mqtt-password").write_text("daemon-pw\n")
+    cfgp = tmp_path / "hcp.toml"
+    cfgp.write_text(
+        '[store]\npath = "hall.db"\n[api]\nlisten = "127.0.0.1:%d"\n'
+        '[[transports]]\nurl = "mqtt://127.0.0.1:%d"\nusername = "hcp-daemon"\npassword_file = "mqtt-password"\n'
+        % (free_port(), port)
+    )
+    provision(db, [t])
+    d = DaemonProcess(cfgp, tmp_path).start()
+    hub = None
+    try:
+        import paho.mqtt.client as mqtt
+
+        hub = MqttHub.__new__(MqttHub)
+        # a terminal that logs in as itself may use only its own topics
+        hub.prefix = "hcp"
+        hub.peers = {}
+        import threading
+
+        hub.subscribed = threading.Event()
+        hub.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=tname, protocol=mqtt.MQTTv5)
+        hub.c.username_pw_set(tname, "terminal-pw")
+        hub.c.on_connect = lambda c, u, f, rc, p: c.subscribe("hcp/t/%s/down" % tname, qos=1)
+        hub.c.on_subscribe = lambda *a: hub.subscribed.set()
+        hub.c.on_message = hub._on_message
+        hub.c.connect("127.0.0.1", port, 30)
+        hub.c.loop_start()
+        assert hub.subscribed.wait(10)
+        p = hub.add(t)
+        p.hello()
+        t.press(5)
+        p.send_new()
+        assert drive([p], 20), "the daemon did not serve a terminal through the ACL"
+        assert d.stop() == 0
+    finally:
+        if hub is not None:
+            hub.close()
+        if d.alive():
+            d.kill9()
+        broker.terminate()
+        broker.wait(10)

@@ -135,7 +135,14 @@ class Tui:
             "[bold]1-5[/bold] press · [bold]q[/bold] quit"
         )
         t = Table(box=None, pad_edge=False)
-        for col in ("", "window", "link", "state", "buttons 1-5: 非常满意 … 非常不满意", "last rating"):
+        for col in (
+            "",
+            "window",
+            "link",
+            "state",
+            "buttons 1-5: 非常满意 … 非常不满意",
+            "last rating",
+        ):
             t.add_column(col)
         for i, vt in enumerate(self.h.vts):
             term = getattr(vt, "term", None)

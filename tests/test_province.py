@@ -222,3 +222,25 @@ def test_key_rotation_mid_stream(tmp_path):
     rep = audit.verify(str(db), keys.Keyring.load(kd))  # old and new batches verify
     assert rep.ok and rep.batches == 4
     assert not (kd / "signing.key.new").exists()
+
+
+def test_limits_batch_size_and_body_size(tmp_path):
+    keys.init(tmp_path / "k")
+    base = dict(db=str(tmp_path / "h.sqlite"), hall_id="h", keys_dir=str(tmp_path / "k"))
+    with pytest.raises(runner.UplinkError, match="batch size"):
+        runner.UplinkConfig(**base, spool_dir="x", batch_size=schema_max() + 1).check()
+    runner.UplinkConfig(**base, spool_dir="x", batch_size=schema_max()).check()
+    with province.Receiver(tmp_path / "prov") as r:
+        c = http.client.HTTPConnection("127.0.0.1", r.port, timeout=10)
+        c.putrequest("POST", "/batches")
+        c.putheader("Content-Length", str(province.MAX_BODY + 1))
+        c.endheaders()  # no body: the receiver must refuse on the header alone
+        resp = c.getresponse()
+        assert resp.status == 413 and json.loads(resp.read())["code"] == "size"
+        c.close()
+
+
+def schema_max() -> int:
+    from haochaping.daemon.uplink import schema
+
+    return schema.MAX_RECORDS

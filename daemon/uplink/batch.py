@@ -138,6 +138,9 @@ def build_record(
         serviceTime=format_time(int(service_ms)) if service_ms is not None else None,
         terminalId="{:08x}".format(int(rating["terminal_id"])),
         seq=int(rating["seq"]),
+        # Bounded like every list in a batch; the flag values are a small fixed
+        # vocabulary, so FLAGS_MAX is not reached in practice, and every flag also
+        # stays in the local annotations table.
         flags=sorted(flags)[: schema.FLAGS_MAX],
         timeQuality=rating["time_quality"],
         ratingId=int(rating["id"]),

@@ -6,9 +6,9 @@ starts, each as its own process, the reference provincial receiver (``hcp
 province serve``), a Mosquitto broker when one is installed and asked for,
 the hall daemon (``hcp daemon --config``) and the uplink (``hcp uplink
 run``); then N virtual terminals running ``firmware/`` (Terminal with the
-simulator board, a real journal file) whose serial end is a real
-pseudo-terminal the daemon's pyserial transport opens, or a real MQTT
-client.  A window business system posts finished cases (办件) to the
+simulator board, a real journal file, the firmware's own serial and MQTT
+transports) whose serial end is a real pseudo-terminal the daemon's pyserial
+transport opens, or that talks to a real Mosquitto broker.  A window business system posts finished cases (办件) to the
 daemon's HTTP API, which arms the window's terminal; simulated citizens
 press its buttons.  At the end it reads what each hop holds and checks that
 every rating whose THANKS was shown reached the receiver exactly once, and
@@ -37,7 +37,6 @@ import time
 import tty
 import urllib.error
 import urllib.request
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +45,7 @@ from typing import Any
 from haochaping.daemon import keys
 from haochaping.daemon.store import Store
 from haochaping.daemon.uplink import batch as batchmod
-from haochaping.firmware import board_sim, terminal, ui
-from haochaping.protocol import errors, serial
-from haochaping.protocol import mqtt as topics
+from haochaping.firmware import board_sim, links, terminal, ui
 from haochaping.protocol.auth import Key
 
 HALL_ID = "demo-hall"
@@ -111,9 +108,11 @@ def _http(url: str, body: dict[str, Any] | None = None, token: str | None = None
 # ---------------------------------------------------------------- terminal links
 
 
-class PtyLink:
-    """The terminal's end of a pseudo-terminal: the daemon opens the other end
-    (by a symlink in the state directory) with pyserial, as it opens a USB port."""
+class PtyPort:
+    """The terminal's end of a pseudo-terminal, as the non-blocking port the
+    firmware's serial transport (firmware/links.SerialTransport) reads, like a
+    UART.  The daemon opens the other end (by a symlink in the state
+    directory) with pyserial, as it opens a USB port."""
 
     def __init__(self, link_path: Path) -> None:
         self.master, self.slave = os.openpty()
@@ -123,36 +122,13 @@ class PtyLink:
         if link_path.exists() or link_path.is_symlink():
             link_path.unlink()
         link_path.symlink_to(self.path)
-        self.decoder = serial.Decoder()
-        self.frames: deque[bytes] = deque()
-        self.connected = True
-        self.rx_errors = 0
         self.tx_dropped = 0
 
-    def poll(self, now: int) -> None:
-        while True:
-            try:
-                data = os.read(self.master, 4096)
-            except (BlockingIOError, OSError):
-                return
-            if not data:
-                return
-            self.decoder.receive_data(data)
-            while True:
-                try:
-                    f = self.decoder.next_event()
-                except errors.ProtocolError:
-                    self.rx_errors += 1
-                    continue
-                if f is None:
-                    break
-                self.frames.append(bytes(f))
-
-    def recv(self) -> bytes | None:
-        return self.frames.popleft() if self.frames else None
-
-    def send(self, frame: bytes) -> bool:
-        return self.write(serial.encode(frame))
+    def read(self, n: int) -> bytes | None:
+        try:
+            return os.read(self.master, n) or None
+        except (BlockingIOError, OSError):
+            return None
 
     def write(self, data: bytes) -> bool:
         view = memoryview(data)
@@ -175,52 +151,16 @@ class PtyLink:
 
 
 class MqttLink:
-    """A terminal on MQTT (paho-mqtt, QoS 1): one frame per message on the
-    terminal's topics; the broker's PUBACK is no acknowledgement of a rating."""
+    """The firmware's own MQTT client (firmware/mqtt.MQTTTransport, non-blocking
+    MQTT 3.1.1 on a socket) toward the hall's broker."""
 
-    def __init__(self, tid: int, host: str, port: int, prefix: str = topics.DEFAULT_PREFIX) -> None:
-        import paho.mqtt.client as mqtt
+    def __init__(self, tid: int, host: str, port: int) -> None:
+        from haochaping.firmware import mqtt as fw_mqtt
 
-        self.tid = tid
-        self.prefix = prefix
-        self.frames: deque[bytes] = deque()
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"hcp-term-{tid:08x}",
-            protocol=mqtt.MQTTv311,
-        )
-        self.client.will_set(topics.state_topic(tid, prefix), b"offline", qos=1, retain=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.connect_async(host, port, keepalive=30)
-        self.client.loop_start()
-
-    def _on_connect(
-        self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None
-    ) -> None:
-        client.subscribe(topics.down_topic(self.tid, self.prefix), qos=1)
-        client.publish(topics.state_topic(self.tid, self.prefix), b"online", qos=1, retain=True)
-
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        self.frames.append(bytes(msg.payload))  # callbacks only enqueue
-
-    @property
-    def connected(self) -> bool:
-        return bool(self.client.is_connected())
-
-    def poll(self, now: int) -> None:
-        pass
-
-    def recv(self) -> bytes | None:
-        return self.frames.popleft() if self.frames else None
-
-    def send(self, frame: bytes) -> bool:
-        info = self.client.publish(topics.up_topic(self.tid, self.prefix), frame, qos=1)
-        return bool(info.rc == 0)
+        self.transport = fw_mqtt.MQTTTransport(host, port, tid)
 
     def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.transport.close()
 
 
 # ---------------------------------------------------------------- virtual terminal
@@ -257,7 +197,7 @@ class VirtualTerminal:
     """firmware/ on CPython: Terminal + the simulator board + a real journal file."""
 
     def __init__(self, tid: int, key: bytes, window_no: str, transport: str, state: Path,
-                 link: PtyLink | MqttLink) -> None:  # fmt: skip
+                 link: PtyPort | MqttLink) -> None:  # fmt: skip
         self.tid = tid
         self.key = key
         self.window_no = window_no
@@ -276,7 +216,10 @@ class VirtualTerminal:
 
     def _boot(self) -> tuple[Board, terminal.Terminal]:
         board = Board(self, self.journal_path)
-        board.transport = self.link  # type: ignore[assignment]
+        if isinstance(self.link, PtyPort):
+            board.transport = links.SerialTransport(self.link)  # type: ignore[assignment]
+        else:
+            board.transport = self.link.transport  # type: ignore[assignment]
         self.boots += 1
         return board, terminal.Terminal(board, self.tid, Key(self.key), capacity=4000)
 
@@ -317,7 +260,7 @@ class MpyTerminal:
     MicroPython."""
 
     def __init__(
-        self, tid: int, key: bytes, window_no: str, link: PtyLink, node: str, log: Path
+        self, tid: int, key: bytes, window_no: str, link: PtyPort, node: str, log: Path
     ) -> None:
         self.tid = tid
         self.key = key
@@ -544,13 +487,13 @@ class Hall:
         )
         # Terminals first (their ptys must exist when the daemon scans).
         for tid, key, window, kind in plan:
-            link: PtyLink | MqttLink
+            link: PtyPort | MqttLink
             if kind == "serial" and node is not None and not self.vts:
-                pty = PtyLink(d / "tty" / (f"term-{tid:08x}"))
+                pty = PtyPort(d / "tty" / (f"term-{tid:08x}"))
                 self.vts.append(MpyTerminal(tid, key, window, pty, node, d / f"mpy-{tid:08x}.log"))
                 continue
             if kind == "serial":
-                link = PtyLink(d / "tty" / (f"term-{tid:08x}"))
+                link = PtyPort(d / "tty" / (f"term-{tid:08x}"))
             else:
                 link = MqttLink(tid, "127.0.0.1", self.mqtt_port)
             self.vts.append(VirtualTerminal(tid, key, window, kind, d / "terminals", link))

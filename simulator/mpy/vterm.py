@@ -2,8 +2,9 @@
 
 This file runs INSIDE MicroPython (loaded by simulator/mpy/vterm.mjs): the
 firmware's Terminal with the simulator board, a journal file on the
-interpreter's own filesystem, and its serial framing (protocol.serial) done
-here, on MicroPython.  The Node.js host only moves bytes: serial line bytes
+interpreter's own filesystem, and the firmware's serial transport
+(firmware/links.SerialTransport: COBS framing, CRC) running here, on
+MicroPython.  The Node.js host only moves bytes: serial line bytes
 in and out as hex, the button mask in, and what the board shows out.
 
 MicroPython code: no typing, no f-strings beyond what MicroPython has.
@@ -11,45 +12,28 @@ MicroPython code: no typing, no f-strings beyond what MicroPython has.
 
 import binascii
 
-from haochaping.firmware import board_sim, terminal, ui
-from haochaping.protocol import serial
+from haochaping.firmware import board_sim, links, terminal, ui
 from haochaping.protocol.auth import Key
-from haochaping.protocol.errors import ProtocolError
 
 
-class Link:
-    """The terminal's UART: bytes from the host in, COBS frames decoded here."""
+class HostPort:
+    """The terminal's UART as the firmware's serial transport sees it
+    (non-blocking read/write); the Node.js host fills and empties it."""
 
     def __init__(self):
-        self.connected = True
-        self.dec = serial.Decoder()
-        self.frames = []
+        self.rx = bytearray()
         self.tx = []
-        self.rx_errors = 0
 
-    def poll(self, now):
-        pass
+    def read(self, n):
+        if not self.rx:
+            return None
+        out = bytes(self.rx[:n])
+        self.rx = self.rx[n:]
+        return out
 
-    def feed(self, data):
-        self.dec.receive_data(data)
-        while True:
-            try:
-                f = self.dec.next_event()
-            except ProtocolError:
-                self.rx_errors += 1
-                continue
-            if f is None:
-                return
-            self.frames.append(bytes(f))
-
-    def recv(self):
-        if self.frames:
-            return self.frames.pop(0)
-        return None
-
-    def send(self, frame):
-        self.tx.append(serial.encode(frame))
-        return True
+    def write(self, b):
+        self.tx.append(bytes(b))
+        return len(b)
 
 
 class Board(board_sim.SimBoard):
@@ -72,8 +56,8 @@ _state = {}  # type: dict
 
 def start(tid, key_hex, journal_path):
     b = Board(journal_path)
-    link = Link()
-    b.transport = link
+    link = HostPort()
+    b.transport = links.SerialTransport(link)
     t = terminal.Terminal(b, tid, Key(binascii.unhexlify(key_hex)), capacity=2000)
     _state["t"] = t
     _state["b"] = b
@@ -88,7 +72,7 @@ def step(now, rx_hex, mask):
     """One turn of the main loop; returns the lines for the host."""
     t, b, link = _state["t"], _state["b"], _state["l"]
     if rx_hex:
-        link.feed(binascii.unhexlify(rx_hex))
+        link.rx.extend(binascii.unhexlify(rx_hex))
     b.mask = mask
     t.step(now)
     out = b.events

@@ -56,7 +56,9 @@ class AlertHub:
                 elif len(self.tasks) >= MAX_IN_FLIGHT:
                     self.failures += 1
                 else:
-                    t = asyncio.get_running_loop().create_task(self._webhook(hook.target, hook.token, data))
+                    t = asyncio.get_running_loop().create_task(
+                        self._webhook(hook.target, hook.token, data)
+                    )
                     self.tasks.add(t)
                     t.add_done_callback(self.tasks.discard)
 
@@ -72,7 +74,9 @@ class AlertHub:
         import aiohttp
 
         if self.session is None:
-            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S))
+            self.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S)
+            )
         headers = {"Content-Type": "application/json; charset=utf-8"}
         if token:
             headers["Authorization"] = "Bearer " + token
@@ -82,7 +86,7 @@ class AlertHub:
                     if 200 <= r.status < 300:
                         self.delivered += 1
                         return
-                    why = "HTTP %d" % r.status
+                    why = f"HTTP {r.status}"
             except (aiohttp.ClientError, TimeoutError) as e:
                 why = type(e).__name__
             if attempt < len(WEBHOOK_BACKOFF_S):
@@ -105,7 +109,7 @@ def payload(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "alert_id": row["id"],
         "rating_id": row["rating_id"],
-        "terminal": "%08x" % row["terminal_id"],
+        "terminal": "{:08x}".format(row["terminal_id"]),
         "window_no": (case or {}).get("window_no") or row.get("terminal_window"),
         "staff_id": (case or {}).get("staff_id"),
         "staff_name": (case or {}).get("staff_name"),

@@ -14,7 +14,6 @@ import logging
 from typing import Any
 
 from aiohttp import web
-
 from haochaping.daemon.core import ArmError
 
 log = logging.getLogger("hcp.api")
@@ -38,12 +37,20 @@ REQUIRED = ("case_no", "item_code", "item_name", "window_no", "staff_name")
 
 
 def openapi() -> dict[str, Any]:
-    case_props: dict[str, Any] = {k: {"type": "string", "description": v} for k, v in CASE_FIELDS.items()}
+    case_props: dict[str, Any] = {
+        k: {"type": "string", "description": v} for k, v in CASE_FIELDS.items()
+    }
     case_props["service_ms"] = {"type": "integer", "description": "service finished, UTC ms"}
-    case_props["contact"] = {"type": "string", "description": "applicant contact for the 差评 callback; stored encrypted"}
+    case_props["contact"] = {
+        "type": "string",
+        "description": "applicant contact for the 差评 callback; stored encrypted",
+    }
     case_props["timeout_s"] = {"type": "integer", "minimum": 1, "maximum": 65535}
-    err = {"description": "refused", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    bearer = [{"bearer": []}]
+    err = {
+        "description": "refused",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.0.3",
         "info": {"title": "haochaping hall daemon", "version": "1"},
@@ -114,10 +121,11 @@ class Api:
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, int(port))
         await site.start()
-        sock = site._server.sockets[0] if site._server and site._server.sockets else None  # type: ignore[union-attr]
+        server: Any = site._server
+        sock = server.sockets[0] if server is not None and server.sockets else None
         if sock is not None:
             h, p = sock.getsockname()[:2]
-            self.address = "%s:%d" % (h, p)
+            self.address = f"{h}:{p}"
 
     async def stop(self) -> None:
         if self.runner is not None:
@@ -145,10 +153,10 @@ class Api:
             return _err(400, "body must be a JSON object")
         for k in REQUIRED:
             if not isinstance(body.get(k), str) or not body[k]:
-                return _err(400, "%s is required (text)" % k)
+                return _err(400, f"{k} is required (text)")
         for k in body:
             if k not in CASE_FIELDS and k not in ("service_ms", "contact", "timeout_s"):
-                return _err(400, "unknown field %s" % k)
+                return _err(400, f"unknown field {k}")
         timeout_s = body.get("timeout_s", self.d.cfg.arm_timeout_s)
         if not isinstance(timeout_s, int) or not 1 <= timeout_s <= 0xFFFF:
             return _err(400, "timeout_s must be 1..65535")
@@ -157,11 +165,15 @@ class Api:
         t = now_ms()
         tid = core.by_window.get(window)
         if tid is None:
-            return _err(404, "window %s has no terminal" % window)
+            return _err(404, f"window {window} has no terminal")
         if not core.online(tid, t):
-            return _err(409, "the terminal of window %s is offline" % window)
+            return _err(409, f"the terminal of window {window} is offline")
         contact = body.get("contact")
-        enc = self.d.cipher.encrypt(contact, body["case_no"]) if isinstance(contact, str) and contact else None
+        enc = (
+            self.d.cipher.encrypt(contact, body["case_no"])
+            if isinstance(contact, str) and contact
+            else None
+        )
         case = {k: body.get(k) for k in CASE_FIELDS}
         case["service_ms"] = body.get("service_ms", t)
         try:
@@ -169,7 +181,9 @@ class Api:
             token = fresh_token()
             while token in core.sessions:
                 token = fresh_token()
-            await self.d._on_store(store.add_session, token, case_id, window, tid, t, t + timeout_s * 1000)
+            await self.d._on_store(
+                store.add_session, token, case_id, window, tid, t, t + timeout_s * 1000
+            )
         except Exception as e:  # noqa: BLE001
             log.error("case not stored: %s", type(e).__name__)
             return _err(503, "the store is unavailable")
@@ -179,7 +193,12 @@ class Api:
             return _err(409, str(e))
         self.d._send(frames)
         return web.json_response(
-            {"session": sess.token, "case_id": case_id, "terminal": "%08x" % tid, "expires_ms": sess.expires_ms},
+            {
+                "session": sess.token,
+                "case_id": case_id,
+                "terminal": f"{tid:08x}",
+                "expires_ms": sess.expires_ms,
+            },
             status=201,
         )
 
@@ -203,22 +222,26 @@ class Api:
         rows = self.d.reader.terminals()
         for r in rows:
             r["online"] = self.d.core.online(r["id"], t)
-            r["id"] = "%08x" % r["id"]
+            r["id"] = "{:08x}".format(r["id"])
         return web.json_response({"terminals": rows})
 
     def _int(self, request: web.Request, name: str, default: int, hi: int) -> int:
         try:
             v = int(request.query.get(name, default))
         except ValueError:
-            raise web.HTTPBadRequest(text="%s must be an integer" % name) from None
+            raise web.HTTPBadRequest(text=f"{name} must be an integer") from None
         return max(0, min(v, hi))
 
     async def ratings(self, request: web.Request) -> web.Response:
-        rows = self.d.reader.ratings(self._int(request, "since_id", 0, 2**62), self._int(request, "limit", 1000, 10000))
+        rows = self.d.reader.ratings(
+            self._int(request, "since_id", 0, 2**62), self._int(request, "limit", 1000, 10000)
+        )
         return web.json_response({"ratings": rows})
 
     async def alerts(self, request: web.Request) -> web.Response:
-        rows = self.d.reader.alerts(self._int(request, "since_id", 0, 2**62), self._int(request, "limit", 1000, 10000))
+        rows = self.d.reader.alerts(
+            self._int(request, "since_id", 0, 2**62), self._int(request, "limit", 1000, 10000)
+        )
         return web.json_response({"alerts": rows})
 
     async def metrics(self, request: web.Request) -> web.Response:

@@ -73,7 +73,7 @@ def _persistent_session(port: int, client_id: str) -> None:
     c.connect("127.0.0.1", port, 30, clean_start=False, properties=props)
     c.loop_start()
     if not done.wait(10):
-        raise BenchError("could not make the %s session" % client_id)
+        raise BenchError(f"could not make the {client_id} session")
     c.disconnect()
     c.loop_stop()
 
@@ -92,7 +92,9 @@ def _baseline_mqtt(port: int, messages: int) -> float:
         if n >= messages:
             done.set()
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=BASELINE_CLIENT_ID, protocol=mqtt.MQTTv5)
+    c = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=BASELINE_CLIENT_ID, protocol=mqtt.MQTTv5
+    )
     c.on_message = on_message
     c.max_inflight_messages_set(200)
     props = Properties(PacketTypes.CONNECT)
@@ -101,7 +103,7 @@ def _baseline_mqtt(port: int, messages: int) -> float:
     c.connect("127.0.0.1", port, 30, clean_start=False, properties=props)
     c.loop_start()
     if not done.wait(TIMEOUT_S):
-        raise BenchError("baseline got %d of %d messages" % (n, messages))
+        raise BenchError(f"baseline got {n} of {messages} messages")
     t1 = time.perf_counter()
     c.disconnect()
     c.loop_stop()
@@ -118,7 +120,7 @@ def _wait_acked(terms: list[FakeTerminal], proc: DaemonProcess) -> None:
         if not proc.alive():
             raise BenchError("the daemon exited:\n" + proc.output()[-2000:])
         if time.monotonic() > deadline:
-            raise BenchError("not every rating was acknowledged in %d s" % TIMEOUT_S)
+            raise BenchError(f"not every rating was acknowledged in {TIMEOUT_S} s")
         time.sleep(0.002)
 
 
@@ -136,7 +138,9 @@ def run(transport: str, terminals: int, ratings: int, per_frame: int = 1) -> dic
         raise BenchError("transport is mqtt or serial")
 
 
-def _result(transport: str, terminals: int, ratings: int, ours_s: float, base_s: float) -> dict[str, Any]:
+def _result(
+    transport: str, terminals: int, ratings: int, ours_s: float, base_s: float
+) -> dict[str, Any]:
     ours = ratings / ours_s
     base = ratings / base_s
     return {
@@ -157,7 +161,7 @@ def _run_mqtt(work: Path, n_terms: int, n_ratings: int, per_frame: int) -> dict[
         db = work / "hall.db"
         provision(db, terms)
         cfg = write_config(work / "hcp.toml", db,
-                           [{"url": "mqtt://127.0.0.1:%d" % broker.port, "client_id": DAEMON_CLIENT_ID}],
+                           [{"url": f"mqtt://127.0.0.1:{broker.port}", "client_id": DAEMON_CLIENT_ID}],
                            free_port())  # fmt: skip
         _persistent_session(broker.port, DAEMON_CLIENT_ID)
         _persistent_session(broker.port, BASELINE_CLIENT_ID)
@@ -196,15 +200,16 @@ def _check(db: Path, n: int) -> None:
     import sqlite3
 
     c = sqlite3.connect(db)
-    got = c.execute("SELECT count(*), count(DISTINCT terminal_id || ':' || seq) FROM ratings").fetchone()
+    got = c.execute(
+        "SELECT count(*), count(DISTINCT terminal_id || ':' || seq) FROM ratings"
+    ).fetchone()
     c.close()
     if got != (n, n):
-        raise BenchError("stored %s ratings, expected %d once each" % (got, n))
+        raise BenchError(f"stored {got} ratings, expected {n} once each")
 
 
 def _run_serial(work: Path, n_terms: int, n_ratings: int, per_frame: int) -> dict[str, Any]:
     import serial as pyserial
-
     from haochaping.daemon.transport_serial import FEED_MAX
     from haochaping.protocol import serial as wire
 
@@ -223,7 +228,10 @@ def _run_serial(work: Path, n_terms: int, n_ratings: int, per_frame: int) -> dic
         return terms, peers, blobs
 
     def pump(peers: list[PtyPeer], blobs: list[bytes]) -> list[threading.Thread]:
-        ths = [threading.Thread(target=p.write_raw, args=(b,), daemon=True) for p, b in zip(peers, blobs, strict=True)]
+        ths = [
+            threading.Thread(target=p.write_raw, args=(b,), daemon=True)
+            for p, b in zip(peers, blobs, strict=True)
+        ]
         for th in ths:
             th.start()
         return ths
@@ -260,7 +268,9 @@ def _run_serial(work: Path, n_terms: int, n_ratings: int, per_frame: int) -> dic
             if left[0] == 0:
                 done.set()
 
-    rs = [threading.Thread(target=reader, args=(i, p.path), daemon=True) for i, p in enumerate(peers)]
+    rs = [
+        threading.Thread(target=reader, args=(i, p.path), daemon=True) for i, p in enumerate(peers)
+    ]
     for r in rs:
         r.start()
     opened.wait()
@@ -277,7 +287,7 @@ def _run_serial(work: Path, n_terms: int, n_ratings: int, per_frame: int) -> dic
     terms, peers, blobs = make()
     db = work / "hall.db"
     provision(db, terms)
-    cfg = write_config(work / "hcp.toml", db, [{"url": "serial://%s/term-*" % ports}], free_port())
+    cfg = write_config(work / "hcp.toml", db, [{"url": f"serial://{ports}/term-*"}], free_port())
     d = DaemonProcess(cfg, work)
     d.start(wait=False)
     assert d.notify is not None

@@ -33,7 +33,7 @@ TERMINAL_SETTINGS = {
 
 class ConfigError(Exception):
     def __init__(self, path: str | os.PathLike[str], key: str, reason: str) -> None:
-        super().__init__("%s: %s: %s" % (path, key or "(file)", reason))
+        super().__init__("{}: {}: {}".format(path, key or "(file)", reason))
         self.path, self.key, self.reason = str(path), key, reason
 
 
@@ -70,7 +70,14 @@ class Config:
 _TOP = {"store", "api", "transports", "alerts", "terminal", "daemon"}
 
 
-def _get(d: dict[str, Any], key: str, typ: type | tuple[type, ...], path: Path, where: str, default: Any = ...) -> Any:
+def _get(
+    d: dict[str, Any],
+    key: str,
+    typ: type | tuple[type, ...],
+    path: Path,
+    where: str,
+    default: Any = ...,
+) -> Any:
     if key not in d:
         if default is ...:
             raise ConfigError(path, where + key, "is required")
@@ -78,7 +85,7 @@ def _get(d: dict[str, Any], key: str, typ: type | tuple[type, ...], path: Path, 
     v = d[key]
     if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
         name = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
-        raise ConfigError(path, where + key, "must be %s" % name)
+        raise ConfigError(path, where + key, f"must be {name}")
     return v
 
 
@@ -93,9 +100,9 @@ def _secret(base: Path, file: str, path: Path, key: str) -> str:
     try:
         text = p.read_text("utf-8").strip()
     except OSError as e:
-        raise ConfigError(path, key, "cannot read %s (%s)" % (p, e.strerror)) from None
+        raise ConfigError(path, key, f"cannot read {p} ({e.strerror})") from None
     if not text:
-        raise ConfigError(path, key, "%s is empty" % p)
+        raise ConfigError(path, key, f"{p} is empty")
     return text
 
 
@@ -104,11 +111,11 @@ def load(path: str | os.PathLike[str]) -> Config:
     try:
         raw = tomllib.loads(path.read_text("utf-8"))
     except OSError as e:
-        raise ConfigError(path, "", "cannot read (%s)" % e.strerror) from None
+        raise ConfigError(path, "", f"cannot read ({e.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(path, "", "is not UTF-8") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, "", "not valid TOML: %s" % e) from None
+        raise ConfigError(path, "", f"not valid TOML: {e}") from None
     base = path.parent
     _unknown(raw, _TOP, path, "")
 
@@ -135,12 +142,14 @@ def load(path: str | os.PathLike[str]) -> Config:
                 continue
             parts = line.split()
             if len(parts) != 2 or len(parts[1]) < 16:
-                raise ConfigError(path, "api.tokens_file", "line %d must be 'NAME TOKEN' (token >= 16 chars)" % n)
+                raise ConfigError(
+                    path, "api.tokens_file", f"line {n} must be 'NAME TOKEN' (token >= 16 chars)"
+                )
             cfg.api_tokens[parts[1]] = parts[0]
 
     trs = _get(raw, "transports", list, path, "", [])
     for i, t in enumerate(trs):
-        where = "transports[%d]." % i
+        where = f"transports[{i}]."
         if not isinstance(t, dict):
             raise ConfigError(path, where[:-1], "must be a table")
         _unknown(t, {"url", "prefix", "client_id", "username", "password_file", "ca_file", "cert_file",
@@ -162,7 +171,9 @@ def load(path: str | os.PathLike[str]) -> Config:
             if k in t:
                 opts[k] = str(base / _get(t, k, str, path, where))
         if "password_file" in t:
-            opts["password"] = _secret(base, _get(t, "password_file", str, path, where), path, where + "password_file")
+            opts["password"] = _secret(
+                base, _get(t, "password_file", str, path, where), path, where + "password_file"
+            )
         if "prefix" in opts:
             try:
                 from haochaping.protocol import mqtt as topics
@@ -176,7 +187,7 @@ def load(path: str | os.PathLike[str]) -> Config:
     _unknown(al, {"webhook", "mqtt"}, path, "alerts.")
     for kind, tkey in (("webhook", "url"), ("mqtt", "topic")):
         for i, h in enumerate(_get(al, kind, list, path, "alerts.", [])):
-            where = "alerts.%s[%d]." % (kind, i)
+            where = f"alerts.{kind}[{i}]."
             if not isinstance(h, dict):
                 raise ConfigError(path, where[:-1], "must be a table")
             _unknown(h, {tkey, "contact", "token_file"}, path, where)
@@ -185,8 +196,12 @@ def load(path: str | os.PathLike[str]) -> Config:
                 raise ConfigError(path, where + "url", "must be an http:// or https:// URL")
             tok = None
             if "token_file" in h:
-                tok = _secret(base, _get(h, "token_file", str, path, where), path, where + "token_file")
-            cfg.hooks.append(HookConfig(kind, target, _get(h, "contact", bool, path, where, False), tok))
+                tok = _secret(
+                    base, _get(h, "token_file", str, path, where), path, where + "token_file"
+                )
+            cfg.hooks.append(
+                HookConfig(kind, target, _get(h, "contact", bool, path, where, False), tok)
+            )
 
     term = _get(raw, "terminal", dict, path, "", {})
     _unknown(term, set(TERMINAL_SETTINGS) | {"arm_timeout_s"}, path, "terminal.")

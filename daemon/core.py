@@ -274,7 +274,7 @@ class Core:
 
     def _hello(self, peer: _Peer, h: messages.Hello, now_ms: int, out: Output) -> None:
         upd = self._upd(peer.id)
-        upd["firmware"] = "%d.%d.%d" % h.fw
+        upd["firmware"] = ".".join(str(v) for v in h.fw)
         upd["board"] = h.board
         upd["journal_used"] = h.head - h.tail
         upd["journal_capacity"] = h.capacity
@@ -298,7 +298,9 @@ class Core:
         if self.config:
             out.send.append((peer.id, self._send(peer, messages.Config(self.config))))
 
-    def _ratings(self, peer: _Peer, records: Sequence[messages.Rating], now_ms: int, out: Output) -> None:
+    def _ratings(
+        self, peer: _Peer, records: Sequence[messages.Rating], now_ms: int, out: Output
+    ) -> None:
         drift = False
         for r in records:
             flags_found: list[str] = []
@@ -351,8 +353,19 @@ class Core:
                 flags_found.append("seq_backwards")
             out.store.append(
                 NewRating(
-                    peer.id, r.seq, r.level, r.reason, r.flags, r.session or None, case_id,
-                    r.time, r.uptime_ms, r.boot, assess, quality, flags_found,
+                    peer.id,
+                    r.seq,
+                    r.level,
+                    r.reason,
+                    r.flags,
+                    r.session or None,
+                    case_id,
+                    r.time,
+                    r.uptime_ms,
+                    r.boot,
+                    assess,
+                    quality,
+                    flags_found,
                 )  # fmt: skip
             )
         self.count("ratings_in", len(records))
@@ -362,7 +375,12 @@ class Core:
             self.count("time_drift")
         if not peer.hello:
             out.send.append(
-                (peer.id, self._send(peer, messages.ErrorDown(messages.E_HELLO_REQUIRED, 0, "send HELLO")))
+                (
+                    peer.id,
+                    self._send(
+                        peer, messages.ErrorDown(messages.E_HELLO_REQUIRED, 0, "send HELLO")
+                    ),
+                )
             )
 
     # ------------------------------------------------------------ after the commit
@@ -433,15 +451,21 @@ class Core:
         return p is not None and p.last_seen >= 0 and now_ms - p.last_seen <= OFFLINE_AFTER_MS
 
     def arm(
-        self, window_no: str, case_id: int, case_no: str, token: int, now_ms: int, timeout_s: int = ARM_TIMEOUT_S
+        self,
+        window_no: str,
+        case_id: int,
+        case_no: str,
+        token: int,
+        now_ms: int,
+        timeout_s: int = ARM_TIMEOUT_S,
     ) -> tuple[Session, list[tuple[int, bytes]]]:
         """Arm ``window_no``'s terminal for one rating of ``case_id``.
         ``token`` is a fresh random u32 != 0 from the shell."""
         tid = self.by_window.get(window_no)
         if tid is None:
-            raise ArmError("window %s has no terminal" % window_no)
+            raise ArmError(f"window {window_no} has no terminal")
         if not self.online(tid, now_ms):
-            raise ArmError("the terminal of window %s is offline" % window_no)
+            raise ArmError(f"the terminal of window {window_no} is offline")
         if not 0 < token <= 0xFFFFFFFF or token in self.sessions:
             raise ArmError("session token is not fresh")
         peer = self.peers[tid]

@@ -39,7 +39,7 @@ class Notifier:
         """Send e.g. notify(READY=1, STATUS='...'); False if not under systemd."""
         if self.sock is None or self.addr is None:
             return False
-        msg = "\n".join("%s=%s" % (k, str(v).replace("\n", " ")) for k, v in fields.items())
+        msg = "\n".join("{}={}".format(k, str(v).replace("\n", " ")) for k, v in fields.items())
         try:
             self.sock.sendto(msg.encode(), self.addr)
             return True

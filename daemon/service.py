@@ -33,7 +33,15 @@ from haochaping.daemon import config as config_mod
 from haochaping.daemon.core import Core, Session
 from haochaping.daemon.sdnotify import Notifier
 from haochaping.daemon.store import ContactCipher, Store, StoreError, StoreFull
-from haochaping.daemon.transport import Bad, Gone, Inbox, Received, Transport, open_transport, redact
+from haochaping.daemon.transport import (
+    Bad,
+    Gone,
+    Inbox,
+    Received,
+    Transport,
+    open_transport,
+    redact,
+)
 
 log = logging.getLogger("hcp.daemon")
 
@@ -53,10 +61,16 @@ class _JournalFormatter(logging.Formatter):
     """``<prio>logger: message``: journald reads the priority prefix and adds
     its own timestamp."""
 
-    PRIO = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+    PRIO = {
+        logging.DEBUG: 7,
+        logging.INFO: 6,
+        logging.WARNING: 4,
+        logging.ERROR: 3,
+        logging.CRITICAL: 2,
+    }
 
     def format(self, record: logging.LogRecord) -> str:
-        return "<%d>%s: %s" % (self.PRIO.get(record.levelno, 6), record.name, record.getMessage())
+        return f"<{self.PRIO.get(record.levelno, 6)}>{record.name}: {record.getMessage()}"
 
 
 def setup_logging(level: str) -> None:
@@ -117,10 +131,17 @@ class Daemon:
         t = now_ms()
         sessions = [
             Session(tok, case, win or "", tid, armed, exp, cancelled is not None)
-            for tok, case, win, tid, armed, exp, cancelled in self.store.sessions_since(t - SESSION_LOAD_MS)
+            for tok, case, win, tid, armed, exp, cancelled in self.store.sessions_since(
+                t - SESSION_LOAD_MS
+            )
         ]
         self.core = Core(terms, sessions, cfg.terminal_settings)
-        log.info("store %s open: %d terminals, %d ratings", cfg.db_path, len(terms), self.store.count("ratings"))
+        log.info(
+            "store %s open: %d terminals, %d ratings",
+            cfg.db_path,
+            len(terms),
+            self.store.count("ratings"),
+        )
 
     def _start_transports(self) -> None:
         assert self.inbox is not None
@@ -218,7 +239,7 @@ class Daemon:
         assert core is not None and self.store is not None
         t = now_ms()
         rows = []
-        refusals = []
+        refusals: list[tuple[int, str, int | None, str]] = []
         for ev in events:
             if isinstance(ev, Received):
                 self.routes[ev.source] = ev.transport
@@ -246,7 +267,9 @@ class Daemon:
             core.restore_updates(upd, boots)
             self.metrics["store_full_events"] += 1
             if not self.store_full:
-                log.error("STORE FULL: not acknowledging; terminals keep their ratings (see docs/operations.md)")
+                log.error(
+                    "STORE FULL: not acknowledging; terminals keep their ratings (see docs/operations.md)"
+                )
                 self.notifier.status("ALARM: store full, not acknowledging")
             self.store_full = True
             self._send(core.failed(rows))
@@ -273,7 +296,12 @@ class Daemon:
         if t - self._refusal_seen.get(key, -REFUSAL_LOG_EVERY_MS) >= REFUSAL_LOG_EVERY_MS:
             self._refusal_seen[key] = t
             out.append((t, source, tid, reason))
-            log.warning("refused from %s: %s%s", source, reason, "" if tid is None else " (terminal %08x)" % tid)
+            log.warning(
+                "refused from %s: %s%s",
+                source,
+                reason,
+                "" if tid is None else f" (terminal {tid:08x})",
+            )
 
     def _send(self, frames: list[tuple[int, bytes]]) -> None:
         core = self.core
@@ -308,12 +336,7 @@ class Daemon:
 
     def _status(self) -> str:
         c = self.core.counters if self.core else {}
-        return "ratings stored %d, duplicates %d, refused %d%s" % (
-            c.get("ratings_stored", 0),
-            c.get("ratings_duplicate", 0),
-            sum(v for k, v in c.items() if k.startswith("refused_")),
-            ", ALARM store full" if self.store_full else "",
-        )
+        return f"ratings stored {c.get('ratings_stored', 0)}, duplicates {c.get('ratings_duplicate', 0)}, refused {sum(v for k, v in c.items() if k.startswith('refused_'))}{', ALARM store full' if self.store_full else ''}"
 
     def metrics_text(self) -> str:
         """Prometheus text exposition format 0.0.4."""
@@ -322,19 +345,34 @@ class Daemon:
         lines = []
 
         def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
-            lines.append("# HELP %s %s" % (name, help_))
-            lines.append("# TYPE %s %s" % (name, kind))
+            lines.append(f"# HELP {name} {help_}")
+            lines.append(f"# TYPE {name} {kind}")
             for labels, v in samples:
-                lines.append("%s%s %s" % (name, labels, repr(float(v)) if isinstance(v, float) else int(v)))
+                lines.append(f"{name}{labels} {repr(float(v)) if isinstance(v, float) else int(v)}")
 
         c = core.counters
-        metric("hcp_frames_received_total", "counter", "Frames received from terminals.", [("", c.get("frames_in", 0))])
+        metric(
+            "hcp_frames_received_total",
+            "counter",
+            "Frames received from terminals.",
+            [("", c.get("frames_in", 0))],
+        )
         metric("hcp_frames_refused_total", "counter", "Frames or chunks refused, by reason.",
-               [('{reason="%s"}' % k[8:], v) for k, v in sorted(c.items()) if k.startswith("refused_")])  # fmt: skip
-        metric("hcp_ratings_stored_total", "counter", "Ratings committed (new).", [("", c.get("ratings_stored", 0))])
+               [(f'{{reason="{k[8:]}"}}', v) for k, v in sorted(c.items()) if k.startswith("refused_")])  # fmt: skip
+        metric(
+            "hcp_ratings_stored_total",
+            "counter",
+            "Ratings committed (new).",
+            [("", c.get("ratings_stored", 0))],
+        )
         metric("hcp_ratings_duplicate_total", "counter", "Ratings received again and already stored.",
                [("", c.get("ratings_duplicate", 0))])  # fmt: skip
-        metric("hcp_acks_sent_total", "counter", "ACK frames sent after a commit.", [("", c.get("acks_sent", 0))])
+        metric(
+            "hcp_acks_sent_total",
+            "counter",
+            "ACK frames sent after a commit.",
+            [("", c.get("acks_sent", 0))],
+        )
         metric("hcp_time_drift_total", "counter", "TIME sent because a terminal clock drifted.",
                [("", c.get("time_drift", 0))])  # fmt: skip
         metric("hcp_commits_total", "counter", "Group commits.", [("", self.metrics["commits"])])
@@ -350,12 +388,22 @@ class Daemon:
         metric("hcp_terminals", "gauge", "Provisioned terminals.", [("", len(core.peers))])
         metric("hcp_terminals_online", "gauge", "Terminals heard from recently.",
                [("", sum(1 for tid in core.peers if core.online(tid, t)))])  # fmt: skip
-        metric("hcp_inbox_depth", "gauge", "Events waiting for the core.", [("", len(self.inbox or ()))])
+        metric(
+            "hcp_inbox_depth",
+            "gauge",
+            "Events waiting for the core.",
+            [("", len(self.inbox or ()))],
+        )
         metric("hcp_alerts_fired_total", "counter", "差评 alerts fired.",
                [("", self.alerts.fired if self.alerts else 0)])  # fmt: skip
         metric("hcp_alert_hook_failures_total", "counter", "Alert deliveries given up after retries.",
                [("", self.alerts.failures if self.alerts else 0)])  # fmt: skip
-        metric("hcp_config_reloads_total", "counter", "SIGHUP reloads applied.", [("", self.metrics["reloads"])])
+        metric(
+            "hcp_config_reloads_total",
+            "counter",
+            "SIGHUP reloads applied.",
+            [("", self.metrics["reloads"])],
+        )
         return "\n".join(lines) + "\n"
 
 

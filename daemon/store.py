@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
-
 from haochaping.daemon import chain
 
 SQLITE_FULL = 13
@@ -177,9 +175,11 @@ _RATING_COLS = (
     "time_quality",
     "chain",
 )
-_INSERT_RATING = "INSERT INTO ratings (%s) VALUES (%s) ON CONFLICT(terminal_id, seq) DO NOTHING" % (
-    ", ".join(_RATING_COLS),
-    ", ".join("?" * len(_RATING_COLS)),
+_INSERT_RATING = (
+    "INSERT INTO ratings ({}) VALUES ({}) ON CONFLICT(terminal_id, seq) DO NOTHING".format(
+        ", ".join(_RATING_COLS),
+        ", ".join("?" * len(_RATING_COLS)),
+    )
 )
 
 _TERMINAL_UPDATABLE = (
@@ -249,15 +249,15 @@ class Store:
         self, path: str | os.PathLike[str], *, max_pages: int | None = None, readonly: bool = False
     ) -> None:
         self.path = Path(path)
-        target = "file:%s?mode=ro" % self.path if readonly else str(self.path)
+        target = f"file:{self.path}?mode=ro" if readonly else str(self.path)
         self.conn = sqlite3.connect(
             target, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000,
             uri=readonly,
         )  # fmt: skip
         self.db = sqlite_utils.Database(self.conn)
-        self.lock = threading.Lock()
+        self._last_id: int = 0
+        self._last_chain: bytes = chain.GENESIS
         if readonly:
-            self._last_id, self._last_chain = 0, chain.GENESIS
             return
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
@@ -265,18 +265,20 @@ class Store:
         if max_pages is not None:
             # The stand-in for a small disk in tests and a hard size cap in
             # production (docs/operations.md): past it, writes fail SQLITE_FULL.
-            self.conn.execute("PRAGMA max_page_count=%d" % int(max_pages))
+            self.conn.execute(f"PRAGMA max_page_count={int(max_pages)}")
         self.migrate()
         row = self.conn.execute("SELECT id, chain FROM ratings ORDER BY id DESC LIMIT 1").fetchone()
-        self._last_id: int = row[0] if row else 0
-        self._last_chain: bytes = row[1] if row else chain.GENESIS
+        if row:
+            self._last_id, self._last_chain = int(row[0]), bytes(row[1])
 
     # ------------------------------------------------------------ schema
 
     def migrate(self) -> list[str]:
         """Apply every migration not yet recorded; return the names applied."""
         c = self.conn
-        c.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_ms INTEGER)")
+        c.execute(
+            "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_ms INTEGER)"
+        )
         done = {r[0] for r in c.execute("SELECT name FROM migrations")}
         applied = []
         for name, sql in MIGRATIONS:
@@ -312,11 +314,15 @@ class Store:
                 "INSERT INTO meta (name, value) VALUES ('starts', 1) "
                 "ON CONFLICT(name) DO UPDATE SET value = value + 1"
             )
-            return int(self.conn.execute("SELECT value FROM meta WHERE name='starts'").fetchone()[0])
+            return int(
+                self.conn.execute("SELECT value FROM meta WHERE name='starts'").fetchone()[0]
+            )
 
     # ------------------------------------------------------------ terminals
 
-    def add_terminal(self, terminal_id: int, key: bytes, window_no: str | None, now_ms: int) -> None:
+    def add_terminal(
+        self, terminal_id: int, key: bytes, window_no: str | None, now_ms: int
+    ) -> None:
         if len(key) != 32:
             raise StoreError("a terminal key is 32 bytes")
         with self._tx():
@@ -345,7 +351,9 @@ class Store:
         """Terminal health rows, without keys."""
         cols = ["id", "window_no", "firmware", "board", "last_seen_ms", "journal_used",
                 "journal_capacity", "clock_offset_ms", "alarms", "high_seq"]  # fmt: skip
-        rows = self.conn.execute("SELECT %s FROM terminals ORDER BY id" % ", ".join(cols)).fetchall()
+        rows = self.conn.execute(
+            "SELECT {} FROM terminals ORDER BY id".format(", ".join(cols))
+        ).fetchall()
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
     # ------------------------------------------------------------ cases, sessions
@@ -357,8 +365,9 @@ class Store:
         vals = [case.get(c) for c in cols] + [contact_enc, now_ms]
         with self._tx():
             cur = self.conn.execute(
-                "INSERT INTO cases (%s, contact_enc, created_ms) VALUES (%s)"
-                % (", ".join(cols), ", ".join("?" * (len(cols) + 2))),
+                "INSERT INTO cases ({}, contact_enc, created_ms) VALUES ({})".format(
+                    ", ".join(cols), ", ".join("?" * (len(cols) + 2))
+                ),
                 vals,
             )
             return int(cur.lastrowid or 0)
@@ -380,7 +389,9 @@ class Store:
             )
             return cur.rowcount == 1
 
-    def sessions_since(self, since_ms: int) -> list[tuple[int, int, str, int, int, int, int | None]]:
+    def sessions_since(
+        self, since_ms: int
+    ) -> list[tuple[int, int, str, int, int, int, int | None]]:
         return self.conn.execute(
             "SELECT id, case_id, window_no, terminal_id, armed_ms, expires_ms, cancelled_ms "
             "FROM sessions WHERE armed_ms >= ?",
@@ -432,9 +443,23 @@ class Store:
                     h = chain.next_hash(last_chain, row)
                     cur = c.execute(
                         _INSERT_RATING,
-                        (rid, r.terminal_id, r.seq, r.level, r.reason, r.flags, r.session,
-                         r.case_id, r.device_time, r.uptime_ms, r.boot, now_ms, r.assess_ms,
-                         r.time_quality, h),  # fmt: skip
+                        (
+                            rid,
+                            r.terminal_id,
+                            r.seq,
+                            r.level,
+                            r.reason,
+                            r.flags,
+                            r.session,
+                            r.case_id,
+                            r.device_time,
+                            r.uptime_ms,
+                            r.boot,
+                            now_ms,
+                            r.assess_ms,
+                            r.time_quality,
+                            h,
+                        ),  # fmt: skip
                     )
                     if cur.rowcount != 1:
                         out.append(Stored(r, None))
@@ -446,13 +471,18 @@ class Store:
                             (rid, v, now_ms),
                         )
                     if r.level <= 2:
-                        c.execute("INSERT INTO alerts (rating_id, created_ms) VALUES (?, ?)", (rid, now_ms))
+                        c.execute(
+                            "INSERT INTO alerts (rating_id, created_ms) VALUES (?, ?)",
+                            (rid, now_ms),
+                        )
                     out.append(Stored(r, rid))
                 for tid, upd in (terminal_updates or {}).items():
                     keys = [k for k in upd if k in _TERMINAL_UPDATABLE]
                     if keys:
                         c.execute(
-                            "UPDATE terminals SET %s WHERE id = ?" % ", ".join("%s = ?" % k for k in keys),
+                            "UPDATE terminals SET {} WHERE id = ?".format(
+                                ", ".join(f"{k} = ?" for k in keys)
+                            ),
                             [upd[k] for k in keys] + [tid],
                         )
                 for tid, boot, start in boots:
@@ -473,8 +503,10 @@ class Store:
                 raise
         except sqlite3.Error as e:
             if _is_full(e):
-                raise StoreFull("the database is full (disk or size limit): nothing committed") from e
-            raise StoreError("commit failed: %s" % e) from e
+                raise StoreFull(
+                    "the database is full (disk or size limit): nothing committed"
+                ) from e
+            raise StoreError(f"commit failed: {e}") from e
         self._last_id, self._last_chain = last_id, last_chain
         return out
 
@@ -492,7 +524,7 @@ class Store:
         """The id of the first rating whose chain value is wrong, or None."""
         prev = chain.GENESIS
         cols = ", ".join(chain.FIELDS)
-        for row in self.conn.execute("SELECT %s, chain FROM ratings ORDER BY id" % cols):
+        for row in self.conn.execute(f"SELECT {cols}, chain FROM ratings ORDER BY id"):
             d = dict(zip(chain.FIELDS, row[:-1], strict=True))
             h = chain.next_hash(prev, d)
             if h != bytes(row[-1]):
@@ -535,13 +567,13 @@ class Store:
                 "c.staff_name, c.service_ms, c.contact_enc, t.window_no AS terminal_window "
                 "FROM alerts a JOIN ratings r ON r.id = a.rating_id "
                 "LEFT JOIN cases c ON c.id = r.case_id LEFT JOIN terminals t ON t.id = r.terminal_id "
-                "WHERE a.rating_id IN (%s) ORDER BY a.id" % ", ".join("?" * len(rating_ids)),
+                "WHERE a.rating_id IN ({}) ORDER BY a.id".format(", ".join("?" * len(rating_ids))),
                 list(rating_ids),
             )
         )
 
     def count(self, table: str) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM %s" % _ident(table)).fetchone()[0])
+        return int(self.conn.execute(f"SELECT count(*) FROM {_ident(table)}").fetchone()[0])
 
     # ------------------------------------------------------------ helpers
 
@@ -614,10 +646,12 @@ class ContactCipher:
                 os.close(fd)
         st = p.stat()
         if stat.S_IMODE(st.st_mode) & 0o077:
-            raise ContactKeyError("contact key file %s must be mode 0600 (it is %o)" % (p, stat.S_IMODE(st.st_mode)))
+            raise ContactKeyError(
+                f"contact key file {p} must be mode 0600 (it is {stat.S_IMODE(st.st_mode):o})"
+            )
         key = p.read_bytes()
         if len(key) != CONTACT_KEY_LEN:
-            raise ContactKeyError("contact key file %s must hold %d bytes" % (p, CONTACT_KEY_LEN))
+            raise ContactKeyError(f"contact key file {p} must hold {CONTACT_KEY_LEN} bytes")
         self._aead = AESGCM(key)
 
     def encrypt(self, contact: str, case_no: str) -> bytes:

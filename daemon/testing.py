@@ -39,8 +39,18 @@ class FakeTerminal:
 
     def hello(self) -> bytes:
         return self.link.send(
-            messages.Hello((1, 0, 0), "fake", self.boot, 0, self.head, self.tail, self.acked,
-                           min(self.capacity, 0xFFFF), self.uptime_ms, 0)  # fmt: skip
+            messages.Hello(
+                (1, 0, 0),
+                "fake",
+                self.boot,
+                0,
+                self.head,
+                self.tail,
+                self.acked,
+                min(self.capacity, 0xFFFF),
+                self.uptime_ms,
+                0,
+            )  # fmt: skip
         )
 
     def press(self, level: int, reason: int = 0, session: int | None = None, flags: int = 0) -> int:
@@ -82,7 +92,9 @@ class FakeTerminal:
         return [self.hello()] + self._frames(seqs, per_frame)
 
     def status(self) -> bytes:
-        return self.link.send(messages.Status(len(self.journal), min(self.capacity, 0xFFFF), 10000, self.uptime_ms))
+        return self.link.send(
+            messages.Status(len(self.journal), min(self.capacity, 0xFFFF), 10000, self.uptime_ms)
+        )
 
     # ------------------------------------------------------------ down
 
@@ -94,7 +106,7 @@ class FakeTerminal:
             self.ack_log.append(m.seq)
             if m.seq > self.acked:
                 if m.seq >= self.head:
-                    raise AssertionError("ACK %d for a seq never written (head %d)" % (m.seq, self.head))
+                    raise AssertionError(f"ACK {m.seq} for a seq never written (head {self.head})")
                 for s in range(self.acked + 1, m.seq + 1):
                     self.journal.pop(s, None)
                 self.acked = m.seq
@@ -151,16 +163,7 @@ class Mosquitto:
         self.proc: subprocess.Popen[bytes] | None = None
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text(
-            "listener %d 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            "persistence_location %s/\n"
-            "autosave_on_changes true\n"
-            "autosave_interval 1\n"
-            "max_queued_messages 1000000\n"
-            "max_inflight_messages 0\n"
-            "max_packet_size 4096\n"
-            "log_dest file %s/mosquitto.log\n" % (self.port, self.dir, self.dir)
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {self.dir}/\nautosave_on_changes true\nautosave_interval 1\nmax_queued_messages 1000000\nmax_inflight_messages 0\nmax_packet_size 4096\nlog_dest file {self.dir}/mosquitto.log\n"
         )
 
     def start(self) -> Mosquitto:
@@ -173,9 +176,11 @@ class Mosquitto:
                 return self
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError("mosquitto exited: see %s" % (self.dir / "mosquitto.log")) from None
+                    raise RuntimeError(
+                        "mosquitto exited: see %s" % (self.dir / "mosquitto.log")
+                    ) from None
                 time.sleep(0.05)
-        raise RuntimeError("mosquitto did not listen on %d" % self.port)
+        raise RuntimeError(f"mosquitto did not listen on {self.port}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -213,7 +218,7 @@ class Peer:
             except AssertionError as e:
                 self.errors.append(str(e))
             except Exception as e:  # noqa: BLE001 - a refused down frame is a test failure, recorded
-                self.errors.append("%s: %s" % (type(e).__name__, e))
+                self.errors.append(f"{type(e).__name__}: {e}")
             now = time.monotonic()
             if self.term.acked != before:
                 self.last_progress = now
@@ -251,16 +256,20 @@ class Peer:
 class MqttHub:
     """One paho client carrying many fake terminals' topics."""
 
-    def __init__(self, port: int, prefix: str = topics.DEFAULT_PREFIX, client_id: str = "hcp-test-peers") -> None:
+    def __init__(
+        self, port: int, prefix: str = topics.DEFAULT_PREFIX, client_id: str = "hcp-test-peers"
+    ) -> None:
         import paho.mqtt.client as mqtt
 
         self.prefix = prefix
         self.peers: dict[int, MqttPeer] = {}
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
         self.c.max_inflight_messages_set(0)
         self.c.max_queued_messages_set(0)
         self.subscribed = threading.Event()
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("%s/t/+/down" % prefix, qos=1)
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{prefix}/t/+/down", qos=1)
         self.c.on_subscribe = lambda *a: self.subscribed.set()
         self.c.on_message = self._on_message
         self.c.connect("127.0.0.1", port, 30)
@@ -307,7 +316,7 @@ class PtyPeer(Peer):
         self.path = os.ttyname(self.slave)
         if link_dir is not None:
             # a stable name the daemon's glob matches (like /dev/serial/by-id)
-            link = Path(link_dir) / ("term-%08x" % term.id)
+            link = Path(link_dir) / (f"term-{term.id:08x}")
             link.symlink_to(self.path)
             self.path = str(link)
         self.wlock = threading.Lock()
@@ -394,7 +403,7 @@ class NotifySocket:
             self.messages.append(m)
             if key in m and (value is None or m[key] == value):
                 return m
-        raise TimeoutError("no %s=%s from the daemon" % (key, value))
+        raise TimeoutError(f"no {key}={value} from the daemon")
 
     def close(self) -> None:
         self.sock.close()
@@ -413,12 +422,12 @@ class DaemonProcess:
 
     def start(self, wait: bool = True) -> DaemonProcess:
         self.runs += 1
-        sock = self.dir / ("notify-%d.sock" % self.runs)
+        sock = self.dir / (f"notify-{self.runs}.sock")
         self.notify = NotifySocket(sock)
         env = dict(os.environ)
         env.update(self.env)
         env["NOTIFY_SOCKET"] = str(sock)
-        self.log = open(self.dir / ("daemon-%d.log" % self.runs), "wb")
+        self.log = open(self.dir / (f"daemon-{self.runs}.log"), "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "haochaping.cli", "daemon", "--config", str(self.config)],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,
@@ -457,29 +466,38 @@ class DaemonProcess:
         self.log.close()
 
     def output(self) -> str:
-        return "\n".join(p.read_text("utf-8", "replace") for p in sorted(self.dir.glob("daemon-*.log")))
+        return "\n".join(
+            p.read_text("utf-8", "replace") for p in sorted(self.dir.glob("daemon-*.log"))
+        )
 
 
 def write_config(path: Path, db: Path, transports: list[dict[str, Any]], api_port: int,
                  tokens: dict[str, str] | None = None, extra: str = "") -> Path:  # fmt: skip
     """A daemon config for tests (TOML written by hand: tomllib only reads)."""
-    lines = ["[store]", 'path = "%s"' % db, 'contact_key = "%s"' % (db.parent / "contact.key"), ""]
-    lines += ["[api]", 'listen = "127.0.0.1:%d"' % api_port]
+    lines = [
+        "[store]",
+        f'path = "{db}"',
+        'contact_key = "{}"'.format(db.parent / "contact.key"),
+        "",
+    ]
+    lines += ["[api]", f'listen = "127.0.0.1:{api_port}"']
     if tokens:
         tf = path.parent / "api-tokens"
-        tf.write_text("".join("%s %s\n" % (n, t) for n, t in tokens.items()))
-        lines.append('tokens_file = "%s"' % tf)
+        tf.write_text("".join(f"{n} {t}\n" for n, t in tokens.items()))
+        lines.append(f'tokens_file = "{tf}"')
     lines.append("")
     for t in transports:
         lines.append("[[transports]]")
         for k, v in t.items():
-            lines.append("%s = %s" % (k, ('"%s"' % v) if isinstance(v, str) else v))
+            lines.append("{} = {}".format(k, (f'"{v}"') if isinstance(v, str) else v))
         lines.append("")
     path.write_text("\n".join(lines) + extra)
     return path
 
 
-def provision(db: Path, terms: Iterable[FakeTerminal], windows: dict[int, str] | None = None) -> None:
+def provision(
+    db: Path, terms: Iterable[FakeTerminal], windows: dict[int, str] | None = None
+) -> None:
     from haochaping.daemon.store import Store
 
     s = Store(db)

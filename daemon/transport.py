@@ -131,4 +131,4 @@ def open_transport(url: str, inbox: Inbox, options: dict[str, Any]) -> Transport
         from haochaping.daemon.transport_mqtt import MqttTransport
 
         return MqttTransport(url, inbox, options)
-    raise ValueError("unknown transport scheme %r (serial, mqtt, mqtts)" % scheme)
+    raise ValueError(f"unknown transport scheme {scheme!r} (serial, mqtt, mqtts)")

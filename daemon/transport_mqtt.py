@@ -21,11 +21,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from haochaping.daemon.transport import BACKOFF_MAX_S, Bad, Inbox, Received
 from haochaping.protocol import mqtt as topics
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 log = logging.getLogger("hcp.mqtt")
 
@@ -79,16 +78,25 @@ class MqttTransport:
 
     # callbacks: enqueue or note state, nothing else
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
         if rc.is_failure:
             log.warning("broker refused the connection: %s", rc)
             return
         self.connected = True
         self.connects += 1
         client.subscribe(self.filter, qos=1)
-        log.info("connected to broker %s:%d (session present: %s)", self.host, self.port, flags.session_present)
+        log.info(
+            "connected to broker %s:%d (session present: %s)",
+            self.host,
+            self.port,
+            flags.session_present,
+        )
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
         self.connected = False
         if not self._stop.is_set():
             log.warning("broker connection lost: %s", rc)
@@ -98,7 +106,7 @@ class MqttTransport:
         if parsed is None or parsed[1] != "up":
             self.inbox.put(Bad("mqtt", "wrong_source"))
             return
-        self.inbox.put(Received("mqtt:%08x" % parsed[0], m.payload, True, self))
+        self.inbox.put(Received(f"mqtt:{parsed[0]:08x}", m.payload, True, self))
 
     # the loop, supervised
 
@@ -160,5 +168,3 @@ class MqttTransport:
     def health(self) -> dict[str, Any]:
         return {"url": self.url, "connected": self.connected, "connects": self.connects,
                 "loop_restarts": self.loop_restarts}  # fmt: skip
-
-

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import serial as pyserial
-
 from haochaping.daemon.core import refusal_reason
 from haochaping.daemon.transport import BACKOFF_MAX_S, BACKOFF_MIN_S, Bad, Gone, Inbox, Received
 from haochaping.protocol import errors
@@ -52,7 +51,9 @@ class _Port:
         inbox, path = self.t.inbox, self.path
         dec = wire.Decoder()
         try:
-            ser = pyserial.Serial(path, self.t.baud, timeout=READ_TIMEOUT_S, write_timeout=WRITE_TIMEOUT_S)
+            ser = pyserial.Serial(
+                path, self.t.baud, timeout=READ_TIMEOUT_S, write_timeout=WRITE_TIMEOUT_S
+            )
             self.ser = ser
             log.info("port %s open", path)
             while not self.stop.is_set():

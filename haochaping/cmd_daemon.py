@@ -27,7 +27,7 @@ def daemon(ctx: click.Context, config_path: str | None) -> None:
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     except StoreError as e:
-        raise click.ClickException("store: %s" % e) from None
+        raise click.ClickException(f"store: {e}") from None
     ctx.exit(code)
 
 
@@ -45,7 +45,9 @@ def add_terminal(ctx: click.Context, tid: str, window: str | None, key_file: str
 
     path = ctx.obj.get("config")
     if not path:
-        raise click.UsageError("--config PATH is required (hcp daemon --config PATH add-terminal ...)")
+        raise click.UsageError(
+            "--config PATH is required (hcp daemon --config PATH add-terminal ...)"
+        )
     try:
         cfg = config_mod.load(path)
         terminal_id = int(tid, 16)
@@ -58,7 +60,9 @@ def add_terminal(ctx: click.Context, tid: str, window: str | None, key_file: str
     raw = open(key_file, "rb").read()
     key = raw if len(raw) == 32 else bytes.fromhex(raw.decode("ascii", "replace").strip() or "00")
     if len(key) != 32:
-        raise click.BadParameter("the key file must hold 32 bytes or 64 hex digits", param_hint="--key-file")
+        raise click.BadParameter(
+            "the key file must hold 32 bytes or 64 hex digits", param_hint="--key-file"
+        )
     try:
         cfg.db_path.parent.mkdir(parents=True, exist_ok=True)
         s = Store(cfg.db_path)
@@ -66,14 +70,25 @@ def add_terminal(ctx: click.Context, tid: str, window: str | None, key_file: str
         s.close()
     except StoreError as e:
         raise click.ClickException(str(e)) from None
-    click.echo("terminal %08x provisioned%s; send SIGHUP to a running daemon" % (terminal_id, f" for window {window}" if window else ""))
+    click.echo(
+        "terminal {:08x} provisioned{}; send SIGHUP to a running daemon".format(
+            terminal_id, f" for window {window}" if window else ""
+        )
+    )
 
 
 @click.command("ingest")
-@click.option("--transport", type=click.Choice(["mqtt", "serial"]), default="mqtt", show_default=True)
+@click.option(
+    "--transport", type=click.Choice(["mqtt", "serial"]), default="mqtt", show_default=True
+)
 @click.option("--terminals", default=50, show_default=True)
 @click.option("--ratings", default=20000, show_default=True)
-@click.option("--per-frame", default=1, show_default=True, help="Ratings per frame (1 = RATING, >1 = RATINGS).")
+@click.option(
+    "--per-frame",
+    default=1,
+    show_default=True,
+    help="Ratings per frame (1 = RATING, >1 = RATINGS).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def ingest(transport: str, terminals: int, ratings: int, per_frame: int, as_json: bool) -> None:
     """Drain of a pre-queued backlog: committed-and-acknowledged ratings/s beside a bare baseline."""

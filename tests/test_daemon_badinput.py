@@ -11,7 +11,6 @@ import time
 import urllib.request
 
 import pytest
-
 from haochaping.daemon.testing import (
     DaemonProcess,
     FakeTerminal,
@@ -28,7 +27,7 @@ from haochaping.protocol import messages, serial
 
 
 def metrics(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -38,7 +37,7 @@ def metrics(port: int) -> dict[str, float]:
 
 
 def refused(m: dict[str, float], reason: str) -> float:
-    return m.get('hcp_frames_refused_total{reason="%s"}' % reason, 0)
+    return m.get(f'hcp_frames_refused_total{{reason="{reason}"}}', 0)
 
 
 def wait_metric(port: int, reason: str, at_least: float, timeout: float = 10) -> dict[str, float]:
@@ -58,7 +57,7 @@ def test_bad_input_refused_counted_others_served(tmp_path, mosquitto_bin):
     db = tmp_path / "hall.db"
     api = free_port()
     cfg = write_config(tmp_path / "hcp.toml", db,
-                       [{"url": "mqtt://127.0.0.1:%d" % broker.port}, {"url": "serial://%s/term-*" % ports}],
+                       [{"url": f"mqtt://127.0.0.1:{broker.port}"}, {"url": f"serial://{ports}/term-*"}],
                        api)  # fmt: skip
     good_m, good_s, victim = (FakeTerminal(0x3000 + i, make_key(i, 3)) for i in range(3))
     provision(db, [good_m, good_s, victim])
@@ -109,7 +108,9 @@ def test_bad_input_refused_counted_others_served(tmp_path, mosquitto_bin):
         others_still_served()
 
         # garbage on a serial line, then a good frame on the same line
-        ps.write_raw(os.urandom(64).replace(b"\x00", b"\x01") + b"\x00" + b"\x05\x01\x02\x03\x04\x00")
+        ps.write_raw(
+            os.urandom(64).replace(b"\x00", b"\x01") + b"\x00" + b"\x05\x01\x02\x03\x04\x00"
+        )
         m = wait_metric(api, "framing", 1)
         assert refused(m, "framing") + refused(m, "checksum") >= 1
         others_still_served()
@@ -138,7 +139,9 @@ def test_bad_input_refused_counted_others_served(tmp_path, mosquitto_bin):
 
         c = sqlite3.connect(db)
         reasons = {r for (r,) in c.execute("SELECT reason FROM refusals")}
-        unknown = c.execute("SELECT terminal_id FROM refusals WHERE reason='unknown_terminal'").fetchall()
+        unknown = c.execute(
+            "SELECT terminal_id FROM refusals WHERE reason='unknown_terminal'"
+        ).fetchall()
         c.close()
         assert {"auth", "replay", "unknown_terminal", "too_long", "partial_frame"} <= reasons
         assert unknown == [(0x0BAD0BAD,)]
@@ -155,12 +158,20 @@ def test_bad_input_refused_counted_others_served(tmp_path, mosquitto_bin):
     "body, key, reason",
     [
         ("[store\npath=1", "(file)", "not valid TOML"),
-        ('[store]\npath = 5\n', "store.path", "must be str"),
+        ("[store]\npath = 5\n", "store.path", "must be str"),
         ('[store]\npath = "x.db"\n[api]\nlisten = "nowhere"\n', "api.listen", "HOST:PORT"),
-        ('[store]\npath = "x.db"\n[[transports]]\nurl = "tcp://x"\n', "transports[0].url", "scheme"),
+        (
+            '[store]\npath = "x.db"\n[[transports]]\nurl = "tcp://x"\n',
+            "transports[0].url",
+            "scheme",
+        ),
         ('[store]\npath = "x.db"\nflavour = 1\n', "store.flavour", "unknown key"),
         ('[api]\nlisten = "127.0.0.1:1"\n', "store", "is required"),
-        ('[store]\npath = "x.db"\n[terminal]\narm_timeout_s = 0\n', "terminal.arm_timeout_s", "1..65535"),
+        (
+            '[store]\npath = "x.db"\n[terminal]\narm_timeout_s = 0\n',
+            "terminal.arm_timeout_s",
+            "1..65535",
+        ),
     ],
 )
 def test_malformed_config_names_file_key_reason(tmp_path, body, key, reason):
@@ -184,11 +195,16 @@ def test_disk_full_stops_acks_keeps_data(tmp_path, mosquitto_bin, medium):
     if medium == "tmpfs":
         if os.geteuid() != 0 or not shutil.which("mount"):
             pytest.skip("mounting a tmpfs needs root")
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)]).returncode == 0
+        mounted = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)]
+            ).returncode
+            == 0
+        )
         assert mounted, "mount -t tmpfs failed"
     db = small / "hall.db"
     api = free_port()
-    cfg = write_config(tmp_path / "hcp.toml", db, [{"url": "mqtt://127.0.0.1:%d" % broker.port}], api)
+    cfg = write_config(tmp_path / "hcp.toml", db, [{"url": f"mqtt://127.0.0.1:{broker.port}"}], api)
     if not mounted:
         cfg.write_text(cfg.read_text().replace("[store]\n", "[store]\nmax_size_mb = 1\n", 1))
     terms = [FakeTerminal(0x4000 + i, make_key(i, 4)) for i in range(4)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from haochaping.daemon.core import HUMAN_MIN_MS, ArmError, Core, Session
 from haochaping.daemon.store import Store
 from haochaping.daemon.testing import FakeTerminal
@@ -9,15 +10,13 @@ from haochaping.protocol import messages, serial
 from haochaping.protocol.auth import Key
 from haochaping.protocol.frame import seal
 
-import pytest
-
 KEYS = {1: bytes([1]) * 32, 2: bytes([2]) * 32}
 
 
 def make(tmp_path, **kw):
     store = Store(tmp_path / "h.db")
     for tid, k in KEYS.items():
-        store.add_terminal(tid, k, "W%d" % tid, 0)
+        store.add_terminal(tid, k, f"W{tid}", 0)
     return store, Core(store.start_terminals(), **kw)
 
 
@@ -125,7 +124,9 @@ def test_arm_binds_and_flags(tmp_path):
     t.press(1, reason=2)
     t.press(5, session=77)  # a second press on the same case
     pump(core, store, t, t.send_new(), 100_500)
-    rows = store.conn.execute("SELECT seq, case_id, session, time_quality FROM ratings ORDER BY seq").fetchall()
+    rows = store.conn.execute(
+        "SELECT seq, case_id, session, time_quality FROM ratings ORDER BY seq"
+    ).fetchall()
     assert rows == [(1, 1, 77, "synced"), (2, 1, 77, "synced")]
     flags = store.conn.execute("SELECT rating_id, value FROM annotations ORDER BY id").fetchall()
     assert (1, "too_fast") in flags and (2, "repeated") in flags
@@ -195,7 +196,7 @@ def test_serial_decoder_pairs_with_core(tmp_path):
 def test_sessions_survive_restart(tmp_path):
     store, core = make(tmp_path)
     for i in range(3):
-        store.add_case({"case_no": "C%d" % i}, None, 0)
+        store.add_case({"case_no": f"C{i}"}, None, 0)
     sess = Session(5, 3, "W1", 1, 0, 120_000)
     core2 = Core(store.start_terminals(), sessions=[sess])
     t = FakeTerminal(1, KEYS[1])

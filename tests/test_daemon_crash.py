@@ -13,7 +13,6 @@ import sqlite3
 import time
 
 import pytest
-
 from haochaping.daemon.testing import (
     DaemonProcess,
     FakeTerminal,
@@ -41,7 +40,7 @@ def test_kill9_during_ingest(tmp_path, mosquitto_bin):
     db = tmp_path / "hall.db"
     cfg = write_config(
         tmp_path / "hcp.toml", db,
-        [{"url": "mqtt://127.0.0.1:%d" % broker.port}, {"url": "serial://%s/term-*" % ports}],
+        [{"url": f"mqtt://127.0.0.1:{broker.port}"}, {"url": f"serial://{ports}/term-*"}],
         free_port(),
     )  # fmt: skip
     terms = [FakeTerminal(0x2000 + i, make_key(i, SEED), boot=1) for i in range(12)]
@@ -86,19 +85,19 @@ def test_kill9_during_ingest(tmp_path, mosquitto_bin):
                 with p.lock:
                     acked = max(p.term.ack_log, default=0)
                 missing = [s for s in range(1, acked + 1) if (p.term.id, s) not in have]
-                assert not missing, "round %d: %08x got ACK %d but seqs %s are not stored" % (
-                    rnd_no, p.term.id, acked, missing[:5])  # fmt: skip
+                assert not missing, f"round {rnd_no}: {p.term.id:08x} got ACK {acked} but seqs {missing[:5]} are not stored"  # fmt: skip
             d.start()
-            assert drive(peers, 60, alive=d.alive), "round %d: not everything acknowledged" % rnd_no
+            assert drive(peers, 60, alive=d.alive), f"round {rnd_no}: not everything acknowledged"
             c = sqlite3.connect(db)
             rows = c.execute("SELECT terminal_id, seq FROM ratings").fetchall()
             c.close()
-            assert len(rows) == len(set(rows)) == sent, "round %d" % rnd_no
+            assert len(rows) == len(set(rows)) == sent, f"round {rnd_no}"
             assert all(not p.errors for p in peers), [p.errors for p in peers if p.errors]
         assert d.stop() == 0
-        assert mid_ingest >= ROUNDS, "only %d kills landed during ingest" % mid_ingest
-        print("kills during ingest: %d of %d rounds (%d before all were stored), %d ratings"
-              % (mid_ingest, rnd_no + 1, mid_commit, sent))
+        assert mid_ingest >= ROUNDS, f"only {mid_ingest} kills landed during ingest"
+        print(
+            f"kills during ingest: {mid_ingest} of {rnd_no + 1} rounds ({mid_commit} before all were stored), {sent} ratings"
+        )
         from haochaping.daemon.store import Store
 
         s = Store(db)

@@ -56,7 +56,7 @@ def test_unit_security_score():
     assert m, r.stdout[-500:] + r.stderr
     assert float(m.group(1)) <= SCORE_MAX
     ops = (ROOT / "docs" / "operations.md").read_text()
-    assert "exposure level %s" % m.group(1) in ops, "docs/operations.md must record the score"
+    assert f"exposure level {m.group(1)}" in ops, "docs/operations.md must record the score"
 
 
 def test_example_config_loads(tmp_path):
@@ -70,7 +70,9 @@ def test_example_config_loads(tmp_path):
     assert "secret" not in repr(cfg) and "0123456789abcdef0123" not in repr(cfg)
     assert cfg.hooks[0].contact and not cfg.hooks[1].contact
     (tmp_path / "api-tokens").unlink()
-    with pytest.raises(config_mod.ConfigError, match=r"haochaping.toml: api.tokens_file: cannot read"):
+    with pytest.raises(
+        config_mod.ConfigError, match=r"haochaping.toml: api.tokens_file: cannot read"
+    ):
         config_mod.load(tmp_path / "haochaping.toml")
 
 
@@ -81,20 +83,22 @@ def test_mosquitto_template_with_acl_and_password(tmp_path, mosquitto_bin):
         missing("mosquitto_passwd", "apt-get install mosquitto")
     port = free_port()
     conf = (DEPLOY / "mosquitto.conf").read_text()
-    conf = conf.replace("listener 1883 127.0.0.1", "listener %d 127.0.0.1" % port)
+    conf = conf.replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
     conf = conf.replace("/etc/mosquitto/haochaping.passwd", str(tmp_path / "passwd"))
     conf = conf.replace("/etc/mosquitto/haochaping.acl", str(tmp_path / "acl"))
     conf = conf.replace("/var/lib/mosquitto/", str(tmp_path) + "/")
     import pwd
 
     # as root, mosquitto would switch to its own user and not read these files
-    conf += "\nuser %s\n" % pwd.getpwuid(os.geteuid()).pw_name
+    conf += f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n"
     (tmp_path / "mosquitto.conf").write_text(conf)
     t = FakeTerminal(0x6001, make_key(1, 6))
-    tname = "%08x" % t.id
+    tname = f"{t.id:08x}"
     shutil.copy(DEPLOY / "mosquitto.acl", tmp_path / "acl")
     (tmp_path / "acl").chmod(0o600)
-    subprocess.run([passwd, "-c", "-b", str(tmp_path / "passwd"), "hcp-daemon", "daemon-pw"], check=True)
+    subprocess.run(
+        [passwd, "-c", "-b", str(tmp_path / "passwd"), "hcp-daemon", "daemon-pw"], check=True
+    )
     subprocess.run([passwd, "-b", str(tmp_path / "passwd"), tname, "terminal-pw"], check=True)
     (tmp_path / "passwd").chmod(0o600)
     broker = subprocess.Popen([mosquitto_bin, "-c", str(tmp_path / "mosquitto.conf")],
@@ -114,9 +118,7 @@ def test_mosquitto_template_with_acl_and_password(tmp_path, mosquitto_bin):
     (tmp_path / "mqtt-password").write_text("daemon-pw\n")
     cfgp = tmp_path / "hcp.toml"
     cfgp.write_text(
-        '[store]\npath = "hall.db"\n[api]\nlisten = "127.0.0.1:%d"\n'
-        '[[transports]]\nurl = "mqtt://127.0.0.1:%d"\nusername = "hcp-daemon"\npassword_file = "mqtt-password"\n'
-        % (free_port(), port)
+        f'[store]\npath = "hall.db"\n[api]\nlisten = "127.0.0.1:{free_port()}"\n[[transports]]\nurl = "mqtt://127.0.0.1:{port}"\nusername = "hcp-daemon"\npassword_file = "mqtt-password"\n'
     )
     provision(db, [t])
     d = DaemonProcess(cfgp, tmp_path).start()
@@ -133,7 +135,7 @@ def test_mosquitto_template_with_acl_and_password(tmp_path, mosquitto_bin):
         hub.subscribed = threading.Event()
         hub.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=tname, protocol=mqtt.MQTTv5)
         hub.c.username_pw_set(tname, "terminal-pw")
-        hub.c.on_connect = lambda c, u, f, rc, p: c.subscribe("hcp/t/%s/down" % tname, qos=1)
+        hub.c.on_connect = lambda c, u, f, rc, p: c.subscribe(f"hcp/t/{tname}/down", qos=1)
         hub.c.on_subscribe = lambda *a: hub.subscribed.set()
         hub.c.on_message = hub._on_message
         hub.c.connect("127.0.0.1", port, 30)

@@ -7,7 +7,6 @@ import sqlite3
 import urllib.request
 
 import pytest
-
 from haochaping.daemon.testing import (
     DaemonProcess,
     FakeTerminal,
@@ -31,7 +30,7 @@ def stored(db) -> list[tuple[int, int]]:
 
 
 def metrics(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -50,7 +49,7 @@ def hall(tmp_path, mosquitto_bin):
     api = free_port()
     cfg = write_config(
         tmp_path / "hcp.toml", db,
-        [{"url": "mqtt://127.0.0.1:%d" % broker.port}, {"url": "serial://%s/term-*" % ports}],
+        [{"url": f"mqtt://127.0.0.1:{broker.port}"}, {"url": f"serial://{ports}/term-*"}],
         api,
     )  # fmt: skip
     state = {"broker": broker, "ports": ports, "db": db, "cfg": cfg, "api": api, "tmp": tmp_path,

@@ -12,7 +12,6 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-
 from haochaping.daemon.sdnotify import Notifier
 from haochaping.daemon.testing import (
     DaemonProcess,
@@ -46,7 +45,7 @@ def test_notifier_speaks_the_datagram_protocol(tmp_path):
 
 
 def test_notifier_abstract_namespace():
-    name = "hcp-test-%d" % time.monotonic_ns()
+    name = f"hcp-test-{time.monotonic_ns()}"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     s.bind(b"\0" + name.encode())
     s.settimeout(5)
@@ -58,7 +57,7 @@ def test_notifier_abstract_namespace():
 
 
 def api(port, method, path, body=None, token=TOKEN):
-    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), method=method,
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
                                  data=json.dumps(body).encode() if body is not None else None)  # fmt: skip
     if token:
         req.add_header("Authorization", "Bearer " + token)
@@ -97,12 +96,8 @@ def test_service_api_alerts_signals(tmp_path, mosquitto_bin):
     hook_nocontact = HTTPServer(("127.0.0.1", 0), Hook)
     port = free_port()
     db = tmp_path / "hall.db"
-    extra = (
-        "\n[[alerts.webhook]]\nurl = \"http://127.0.0.1:%d/alert\"\ncontact = true\n"
-        "\n[[alerts.mqtt]]\ntopic = \"hcp/alerts\"\n"
-        "\n[terminal]\nno_case_policy = 1\narm_timeout_s = 90\n" % hook.server_address[1]
-    )
-    cfg = write_config(tmp_path / "hcp.toml", db, [{"url": "mqtt://127.0.0.1:%d" % broker.port}], port,
+    extra = f'\n[[alerts.webhook]]\nurl = "http://127.0.0.1:{hook.server_address[1]}/alert"\ncontact = true\n\n[[alerts.mqtt]]\ntopic = "hcp/alerts"\n\n[terminal]\nno_case_policy = 1\narm_timeout_s = 90\n'
+    cfg = write_config(tmp_path / "hcp.toml", db, [{"url": f"mqtt://127.0.0.1:{broker.port}"}], port,
                        tokens={"window-sys": TOKEN}, extra=extra)  # fmt: skip
     t1 = FakeTerminal(0x5001, make_key(1, 5))
     t2 = FakeTerminal(0x5002, make_key(2, 5))
@@ -123,7 +118,7 @@ def test_service_api_alerts_signals(tmp_path, mosquitto_bin):
         # the API: auth, OpenAPI, refusals
         assert api(port, "GET", "/v1/terminals", token=None)[0] == 401
         assert api(port, "GET", "/v1/terminals", token="wrong-token-wrong-token")[0] == 401
-        doc = json.loads(urllib.request.urlopen("http://127.0.0.1:%d/openapi.json" % port).read())
+        doc = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json").read())
         assert doc["openapi"].startswith("3.") and "/v1/cases" in doc["paths"]
         case = {"case_no": "QD-2026-0001", "item_code": "370200-001", "item_name": "营业执照", "window_no": "W01",
                 "staff_id": "S7", "staff_name": "张三", "contact": "13800000000"}  # fmt: skip
@@ -136,7 +131,10 @@ def test_service_api_alerts_signals(tmp_path, mosquitto_bin):
         # the terminal comes online: HELLO gets TIME, ACK, CONFIG
         p1.hello()
         deadline = time.monotonic() + 10
-        while not any(isinstance(m, messages.Config) for m in t1.received) and time.monotonic() < deadline:
+        while (
+            not any(isinstance(m, messages.Config) for m in t1.received)
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         kinds = [type(m).__name__ for m in t1.received[:3]]
         assert kinds == ["Time", "Ack", "Config"]
@@ -158,7 +156,12 @@ def test_service_api_alerts_signals(tmp_path, mosquitto_bin):
         assert drive([p1], 10)
         st, body = api(port, "GET", "/v1/ratings")
         r = body["ratings"][-1]
-        assert (r["level"], r["case_no"], r["window_no"], r["staff_name"]) == (1, "QD-2026-0001", "W01", "张三")
+        assert (r["level"], r["case_no"], r["window_no"], r["staff_name"]) == (
+            1,
+            "QD-2026-0001",
+            "W01",
+            "张三",
+        )
         deadline = time.monotonic() + 15
         while (not Hook.got or not alerts_seen) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -176,9 +179,12 @@ def test_service_api_alerts_signals(tmp_path, mosquitto_bin):
         st, body = api(port, "POST", "/v1/cases", dict(case, case_no="QD-2026-0002"))
         assert st == 201
         tok2 = body["session"]
-        assert api(port, "DELETE", "/v1/sessions/%d" % tok2)[0] == 200
+        assert api(port, "DELETE", f"/v1/sessions/{tok2}")[0] == 200
         deadline = time.monotonic() + 10
-        while not any(isinstance(m, messages.Disarm) for m in t1.received) and time.monotonic() < deadline:
+        while (
+            not any(isinstance(m, messages.Disarm) for m in t1.received)
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         assert any(isinstance(m, messages.Disarm) and m.session == tok2 for m in t1.received)
 

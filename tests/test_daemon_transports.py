@@ -7,7 +7,6 @@ import os
 import time
 
 import pytest
-
 from haochaping.daemon.testing import (
     DaemonProcess,
     FakeTerminal,
@@ -35,7 +34,7 @@ def test_redact_hides_passwords():
 def test_serial_ports_come_go_and_dead_readers_restart(tmp_path):
     async def main() -> None:
         inbox = Inbox(asyncio.get_running_loop())
-        tr = open_transport("serial://%s/term-*?baud=115200" % tmp_path, inbox, {})
+        tr = open_transport(f"serial://{tmp_path}/term-*?baud=115200", inbox, {})
         assert isinstance(tr, SerialTransport)
         tr.start()
         events: list = []
@@ -47,7 +46,7 @@ def test_serial_ports_come_go_and_dead_readers_restart(tmp_path):
                 events.extend(await inbox.get(0.1, 1000))
                 if pred():
                     return
-            raise AssertionError("timed out; events: %r" % events[-5:])
+            raise AssertionError(f"timed out; events: {events[-5:]!r}")
 
         t = FakeTerminal(0x8001, make_key(1, 8))
         # a port appears: picked up without a restart
@@ -84,7 +83,9 @@ def test_serial_ports_come_go_and_dead_readers_restart(tmp_path):
 def test_mqtt_reconnects_after_broker_restart(tmp_path, mosquitto_bin):
     broker = Mosquitto(mosquitto_bin, tmp_path / "broker").start()
     db = tmp_path / "hall.db"
-    cfg = write_config(tmp_path / "hcp.toml", db, [{"url": "mqtt://127.0.0.1:%d" % broker.port}], free_port())
+    cfg = write_config(
+        tmp_path / "hcp.toml", db, [{"url": f"mqtt://127.0.0.1:{broker.port}"}], free_port()
+    )
     t = FakeTerminal(0x8101, make_key(1, 81))
     provision(db, [t])
     d = DaemonProcess(cfg, tmp_path).start()

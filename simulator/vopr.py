@@ -70,7 +70,7 @@ from haochaping.daemon import keys
 from haochaping.daemon.store import NewRating, Store, Stored
 from haochaping.daemon.uplink import delivery
 from haochaping.daemon.uplink import runner as uplink_runner
-from haochaping.firmware import board_sim, terminal, ui
+from haochaping.firmware import board_sim, links, terminal, ui
 from haochaping.firmware import journal as journalmod
 from haochaping.protocol import errors, messages, serial
 from haochaping.protocol.auth import Key
@@ -337,14 +337,40 @@ class Wire:
         self.q = []
 
 
-class Port:
-    """The terminal's end of its serial line (the board's ``transport``)."""
+class UartPort:
+    """The terminal's UART on a serial line: the non-blocking port the
+    firmware's own serial transport (firmware/links.SerialTransport) reads
+    and writes, as it does ``machine.UART`` on a board."""
 
     def __init__(self, vt: VTerm) -> None:
         self.vt = vt
-        self.decoder = serial.Decoder()
+        self.rx = bytearray()
+
+    def read(self, n: int) -> bytes | None:
+        if not self.rx:
+            return None
+        out = bytes(self.rx[:n])
+        del self.rx[:n]
+        return out
+
+    def write(self, b: bytes) -> int:
+        self.vt.sim.terminal_wrote(self.vt, bytes(b))
+        return len(b)
+
+    def feed(self, data: bytes) -> None:
+        self.rx.extend(data)
+
+    def pending(self) -> bool:
+        return bool(self.rx)
+
+
+class MessagePort:
+    """The terminal's MQTT-style link: one frame per message, and a
+    connection state (the broker session) that a pulled cable ends."""
+
+    def __init__(self, vt: VTerm) -> None:
+        self.vt = vt
         self.frames: list[bytes] = []
-        self.rx_errors = 0
 
     @property
     def connected(self) -> bool:
@@ -357,22 +383,14 @@ class Port:
         return self.frames.pop(0) if self.frames else None
 
     def send(self, frame: bytes) -> bool:
-        return self.vt.sim.terminal_sent(self.vt, frame)
+        self.vt.sim.terminal_wrote(self.vt, bytes(frame))
+        return self.vt.plugged
 
     def feed(self, data: bytes) -> None:
-        if self.vt.mqtt:
-            self.frames.append(data)  # one frame per message
-            return
-        self.decoder.receive_data(data)
-        while True:
-            try:
-                f = self.decoder.next_event()
-            except errors.ProtocolError:
-                self.rx_errors += 1
-                continue
-            if f is None:
-                return
-            self.frames.append(bytes(f))
+        self.frames.append(data)
+
+    def pending(self) -> bool:
+        return bool(self.frames)
 
 
 # ---------------------------------------------------------------- terminal
@@ -382,7 +400,13 @@ class SimBoard(board_sim.SimBoard):
     def __init__(self, vt: VTerm, flash: Flash) -> None:
         super().__init__(flash, name="vopr", reset_cause=vt.reset_cause)
         self.vt = vt
-        self.transport = Port(vt)  # type: ignore[assignment]
+        self.port: UartPort | MessagePort
+        if vt.mqtt:
+            self.port = MessagePort(vt)
+            self.transport = self.port  # type: ignore[assignment]
+        else:
+            self.port = UartPort(vt)
+            self.transport = links.SerialTransport(self.port)  # type: ignore[assignment]
 
     def show(self, pattern: int, button: int, terminal: Any) -> None:
         super().show(pattern, button, terminal)
@@ -782,10 +806,11 @@ class Sim:
         self.confirmed[key] = self.attempts[key]
         self.stats["thanks"] += 1
 
-    def terminal_sent(self, vt: VTerm, frame: bytes) -> bool:
+    def terminal_wrote(self, vt: VTerm, data: bytes) -> None:
+        """Bytes (serial) or a frame (MQTT) the terminal put on its link."""
         if not vt.plugged:
-            return False
-        vt.up.send(frame if vt.mqtt else serial.encode(frame), self.now)
+            return
+        vt.up.send(data, self.now)
         if self.bug == "free_before_ack" and vt.term is not None:
             # The broken rule: a frame on the wire counts as delivered.
             j = vt.term.journal
@@ -794,7 +819,6 @@ class Sim:
                 j.ack(j.head - 1)
             finally:
                 vt.trusted_free = False
-        return True
 
     def daemon_sent(self, tid: int, frame: bytes) -> None:
         for vt in self.vts:
@@ -981,10 +1005,8 @@ class Sim:
             if vt.plugged:
                 data = vt.down.due(self.now)
                 if data and vt.on and vt.board is not None:
-                    port = vt.board.transport
-                    assert isinstance(port, Port)
                     for d in data:
-                        port.feed(d)
+                        vt.board.port.feed(d)
             else:
                 vt.down.due(self.now)
             vt.step(self.now)
@@ -1019,7 +1041,7 @@ class Sim:
             if vt.board.mask or s.state != 2 or s.inflight or s.sent_upto < t.journal.head - 1:
                 nxt = 0
                 break
-            if vt.board.transport.frames:  # type: ignore[attr-defined]
+            if vt.board.port.pending():
                 nxt = 0
                 break
             ticks = vt.ticks(self.now)

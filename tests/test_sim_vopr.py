@@ -46,12 +46,17 @@ def _first_failure(bug: str, limit: int = 200) -> vopr.SimFailure:
 
 
 @pytest.mark.parametrize(
-    "bug, invariant",
-    [("ack_before_commit", "ack_unstored"), ("free_before_ack", "lost")],
+    "bug, invariants",
+    [
+        ("ack_before_commit", {"ack_unstored"}),
+        # Mostly 'lost'; sometimes the daemon, trusting the terminal's HELLO
+        # tail, echoes an ACK over the ratings the terminal freed unstored.
+        ("free_before_ack", {"lost", "ack_unstored"}),
+    ],
 )
-def test_broken_rule_is_caught_and_its_seed_replays(bug: str, invariant: str) -> None:
+def test_broken_rule_is_caught_and_its_seed_replays(bug: str, invariants: set[str]) -> None:
     f = _first_failure(bug)
-    assert f.invariant == invariant
+    assert f.invariant in invariants
     assert f"seed {f.seed}" in str(f)
     with pytest.raises(vopr.SimFailure) as again:
         vopr.run(f.seed, bug)

@@ -334,20 +334,13 @@ class Journal:
 
     # ------------------------------------------------------------- reads
 
-    def read_record(self, seq, buf, off):
-        """Copy record ``seq``'s 20 wire bytes into buf[off:]; False if it is
-        not a whole record (torn or damaged) or not in the journal."""
-        if not self.acked < seq < self.head:
-            return False
-        if self._read_slot((seq - 1) % self.capacity) != seq:
-            return False
-        buf[off : off + 20] = self._mv[:20]
-        return True
-
     def record(self, seq):
-        """The record as a tuple (seq, level, reason, flags, session, time,
-        uptime_ms, boot), or None."""
-        if not self.read_record(seq, self._buf, 0):
+        """Record ``seq`` as a tuple (seq, level, reason, flags, session,
+        time, uptime_ms, boot), or None if it is not in the journal or not
+        a whole record (torn or damaged)."""
+        if not self.acked < seq < self.head:
+            return None
+        if self._read_slot((seq - 1) % self.capacity) != seq:
             return None
         seq, lr, fl, ses, t, up, boot = struct.unpack_from(_REC, self._buf, 0)
         return (seq, lr & 7, lr >> 3, fl, ses, t, up, boot)

@@ -70,7 +70,7 @@ LINK_TABLE = (
     (L_UP, LE_TIMEOUT, L_UP),
     (L_UP, LE_HELLO_REQUIRED, L_HELLO),
 )
-_LT = {}
+_LT = [None] * (3 * 8)  # index state * 8 + event -> next state
 for _r in LINK_TABLE:
     _LT[_r[0] * 8 + _r[1]] = _r[2]
 
@@ -112,11 +112,6 @@ class Clock:
         self._off_hi = off_s >> 16
         self._off_lo = off_s & 0xFFFF
         self.synced = True
-
-    def utc_s(self, uptime_ms):
-        if not self.synced:
-            return 0
-        return (uptime_ms + self.offset_ms) // 1000
 
     def stamp(self, up_s, up_ms):
         """Set hi, lo = 16-bit halves of UTC seconds at uptime up_s + up_ms
@@ -162,7 +157,7 @@ class Session:
     # ---------------------------------------------------------- machinery
 
     def _go(self, event):
-        new = _LT.get(self.state * 8 + event)
+        new = _LT[self.state * 8 + event]
         if new is None:
             raise LinkStateError(
                 "no link transition for %s in %s"

@@ -223,10 +223,6 @@ class Terminal:
     def _uptime(self):
         return self.up_s * 1000 + self.up_ms
 
-    @property
-    def uptime_ms(self):
-        return self.up_s * 1000 + self.up_ms
-
     def _status_source(self):
         return (self.board.free_heap(), self.ev.ignored, self.ev.state)
 

@@ -242,11 +242,8 @@ class Evaluator:
         self.deadline = (now + ms) & (TICKS_PERIOD - 1)
         self.has_deadline = True
 
-    def _no_deadline(self):
-        self.has_deadline = False
-
     def _enter_idle(self):
-        self._no_deadline()
+        self.has_deadline = False
         self._show(P_IDLE)
         return S_IDLE
 
@@ -259,7 +256,7 @@ class Evaluator:
         return S_ARMED
 
     def _enter_fault(self):
-        self._no_deadline()
+        self.has_deadline = False
         self._show(P_FAULT)
         return S_FAULT
 

@@ -61,6 +61,21 @@ async def calibrate(k=20):
     return _leak
 
 
+def _drain_turn(r, tr):
+    # A plain function: its frame (and the loop's iterators) is gone when it
+    # returns, as in a board's main loop.  A coroutine's frame lives on the
+    # heap and keeps stale pointers in its value stack, which would count
+    # the harness's temporaries as firmware memory.
+    r.now += 10
+    r.board.now = r.now
+    r.t.step(r.now)
+    replies = []
+    for fr in tr.take_up():
+        for d in r.peer.handle(fr, r.now):
+            replies.append(d)
+    return replies
+
+
 async def measure(n):
     leak = await calibrate()
     b0 = await live()
@@ -159,14 +174,7 @@ async def measure(n):
         # daemon takes the frames off the line (as a UART or the TCP stack
         # would: outside the heap on a board) and its ACKs are on their way
         # back while we sample.
-        r.now += 10
-        r.board.now = r.now
-        r.t.step(r.now)
-        replies = []
-        for fr in tr.take_up():
-            for d in r.peer.handle(fr, r.now):
-                replies.append(d)
-        fr = None
+        replies = _drain_turn(r, tr)
         steps += 1
         if steps in (4, 12, 20):
             a = await sample()

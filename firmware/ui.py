@@ -36,7 +36,7 @@ Rules (each row of TABLE below is one of these):
  5. A press with no armed case follows the no-case policy: REFUSE shows the
     refused pattern and counts it; RECORD makes a rating with F_NO_CASE, and
     with F_RAPID as well when it comes sooner than the minimum interval after
-    the previous no-case rating (flag, never drop: 刷好评 defence).
+    the previous rating of any kind (flag, never drop: 刷好评 defence).
  6. An ARM while a rating is in progress (REASON, THANKS) is kept and takes
     effect when THANKS ends; a DISARM for it cancels it.  An ARM in FAULT is
     answered with an ERROR (the rating could not be stored).
@@ -152,8 +152,8 @@ class Evaluator:
         self.ignored = 0  # presses ignored (THANKS) or refused
         self.refused = 0
         self.ratings = 0
-        self.last_no_case = 0
-        self.had_no_case = False
+        self.last_rated = 0  # ms of the last rating's press
+        self.has_rated = False
         # The rating to WRITE
         self.rec_level = 0
         self.rec_reason = 0
@@ -273,6 +273,8 @@ class Evaluator:
         return S_THANKS
 
     def _rate(self, button, flags, now):
+        self.has_rated = True
+        self.last_rated = now
         level = BUTTONS - button
         self.pressed = button
         if level <= 2:
@@ -323,10 +325,8 @@ def _idle_press(m, button, now):
         m._show(P_REFUSED)
         return S_IDLE
     flags = F_NO_CASE
-    if m.had_no_case and ticks_diff(now, m.last_no_case) < s.min_interval_ms:
+    if m.has_rated and ticks_diff(now, m.last_rated) < s.min_interval_ms:
         flags |= F_RAPID
-    m.had_no_case = True
-    m.last_no_case = now
     m.session = 0
     return m._rate(button, flags, now)
 

@@ -256,11 +256,20 @@ def no_case_policy():
     check(s[1][3] & m.F_NO_CASE and not s[1][3] & m.F_RAPID and s[1][4] == 0, "first: %r" % (s[1],))
     check(s[2][3] & m.F_NO_CASE and s[2][3] & m.F_RAPID, "rapid: %r" % (s[2],))
     check(s[3][3] & m.F_NO_CASE and not s[3][3] & m.F_RAPID, "third: %r" % (s[3],))
+    # An ARMed rating, then a no-case press right after it: rapid.
+    r.arm(9)
+    r.press(0)
+    r.idle()
+    r.press(1)
+    r.idle()
+    r.run(200)
+    check(s[4][4] == 9 and not s[4][3] & m.F_RAPID, "armed rating flagged: %r" % (s[4],))
+    check(s[5][3] & m.F_NO_CASE and s[5][3] & m.F_RAPID, "no-case after armed: %r" % (s[5],))
     # Policy back to refuse: nothing recorded, refusal counted.
     r.t.configure([(m.C_NO_CASE_POLICY, 0)])
     r.press(1)
     r.run(200)
-    check(len(r.peer.stored) == 3 and r.t.ev.refused == 1, "refuse policy recorded a rating")
+    check(len(r.peer.stored) == 5 and r.t.ev.refused == 1, "refuse policy recorded a rating")
     return {"ratings": len(s)}
 
 

@@ -220,10 +220,11 @@ def _print_summary(s, details, ok) -> None:  # type: ignore[no-untyped-def]
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--keep", type=click.Path(file_okay=False), default=None,
               help="With one seed: leave its SQLite files in this directory.")  # fmt: skip
+@click.option("--jobs", "-j", default=1, show_default=True, help="Processes to run seeds in.")
 @click.option("--bug", type=click.Choice(["ack_before_commit", "free_before_ack"]), default=None,
               hidden=True, help="Test-only: break one rule on purpose.")  # fmt: skip
 def check_cmd(
-    n: int | None, first: int | None, as_json: bool, keep: str | None, bug: str | None
+    n: int | None, first: int | None, as_json: bool, keep: str | None, jobs: int, bug: str | None
 ) -> None:
     """Deterministic whole-system simulation: firmware, daemon, uplink and the
     provincial receiver in one process on a virtual clock, with seeded faults.
@@ -250,9 +251,9 @@ def check_cmd(
         click.echo(json.dumps(res.as_dict()) if as_json else f"seed {seeds[0]} passed")
         return
     if as_json:
-        report = vopr.check(seeds, bug)
+        report = vopr.check(seeds, bug, jobs=jobs)
     else:
-        report = _with_progress(vopr, seeds, bug)
+        report = _with_progress(vopr, seeds, bug, jobs)
     if report.failures:
         _fail_exit(report.failures, as_json, report, bug)
         return
@@ -269,7 +270,7 @@ def check_cmd(
         )
 
 
-def _with_progress(vopr, seeds, bug):  # type: ignore[no-untyped-def]
+def _with_progress(vopr, seeds, bug, jobs):  # type: ignore[no-untyped-def]
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     failed = 0
@@ -290,7 +291,7 @@ def _with_progress(vopr, seeds, bug):  # type: ignore[no-untyped-def]
                 progress.console.print(f"[red]FAIL[/red] {res}")
             progress.update(task, advance=1, status=f"seed {seed}, {failed} failed")
 
-        return vopr.check(seeds, bug, progress=tick)
+        return vopr.check(seeds, bug, progress=tick, jobs=jobs)
 
 
 def _fail_exit(failures, as_json, report, bug) -> None:  # type: ignore[no-untyped-def]

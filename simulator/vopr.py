@@ -1228,30 +1228,55 @@ class CheckReport:
         }
 
 
+def _one(seed: int, bug: str | None) -> Result | SimFailure:
+    try:
+        return run(seed, bug)
+    except SimFailure as e:
+        return e
+
+
 def check(
     seeds: list[int],
     bug: str | None = None,
     progress: Callable[[int, Result | SimFailure], None] | None = None,
     stop_on_failure: bool = False,
+    jobs: int = 1,
 ) -> CheckReport:
+    """Run ``seeds`` (in ``jobs`` processes); the report lists failures by seed.
+    Each seed's run is the same whichever process runs it."""
     t0 = time.perf_counter()
     failures: list[SimFailure] = []
     passed = 0
     totals: dict[str, int] = {}
-    for s in seeds:
-        res: Result | SimFailure
-        try:
-            ok = run(s, bug)
-        except SimFailure as e:
-            failures.append(e)
-            res = e
+
+    def take(s: int, res: Result | SimFailure) -> None:
+        nonlocal passed
+        if isinstance(res, SimFailure):
+            failures.append(res)
         else:
             passed += 1
-            for k, v in ok.stats.items():
+            for k, v in res.stats.items():
                 totals[k] = totals.get(k, 0) + v
-            res = ok
         if progress is not None:
             progress(s, res)
-        if failures and stop_on_failure:
-            break
+
+    if jobs <= 1:
+        for s in seeds:
+            take(s, _one(s, bug))
+            if failures and stop_on_failure:
+                break
+    else:
+        import concurrent.futures as cf
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # nothing inherited from this process
+        with cf.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+            futs = {pool.submit(_one, s, bug): s for s in seeds}
+            for fut in cf.as_completed(futs):
+                take(futs[fut], fut.result())
+                if failures and stop_on_failure:
+                    for f in futs:
+                        f.cancel()
+                    break
+    failures.sort(key=lambda f: f.seed)
     return CheckReport(seeds, passed, failures, time.perf_counter() - t0, totals)

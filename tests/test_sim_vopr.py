@@ -165,3 +165,11 @@ def test_replay_in_another_process_with_another_hash_seed() -> None:
         assert p.returncode == 1, p.stderr
         outs.append(json.loads(p.stdout)["failures"])
     assert outs[0] == outs[1] == [str(f)]
+
+
+def test_jobs_give_the_same_results_as_one_process() -> None:
+    seeds = list(range(40, 56))
+    one = vopr.check(seeds, "ack_before_commit")
+    two = vopr.check(seeds, "ack_before_commit", jobs=2)
+    assert [str(f) for f in one.failures] == [str(f) for f in two.failures]
+    assert one.totals == two.totals and one.passed == two.passed

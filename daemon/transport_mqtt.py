@@ -37,6 +37,7 @@ SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our queue this long while w
 KEEPALIVE_S = 30
 RECONNECT_MIN_S = 1
 MAX_INFLIGHT = 200
+TOPIC_CACHE_MAX = 100_000  # up topics remembered (one per terminal)
 MISC_INTERVAL_S = 0.5  # keep-alive and time-out work (paho loop_misc)
 
 
@@ -56,6 +57,7 @@ class MqttTransport:
         self.connected = False
         self.connects = 0
         self.loop_restarts = 0
+        self._sources: dict[str, str] = {}  # up topic -> source name
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -110,11 +112,17 @@ class MqttTransport:
             log.warning("broker connection lost: %s", rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, m: mqtt.MQTTMessage) -> None:
-        parsed = topics.parse_topic(m.topic, self.prefix)
-        if parsed is None or parsed[1] != "up":
-            self.inbox.put(Bad("mqtt", "wrong_source"))
-            return
-        self.inbox.put(Received(f"mqtt:{parsed[0]:08x}", m.payload, True, self))
+        topic = m.topic
+        source = self._sources.get(topic)
+        if source is None:
+            parsed = topics.parse_topic(topic, self.prefix)
+            if parsed is None or parsed[1] != "up":
+                self.inbox.put(Bad("mqtt", "wrong_source"))
+                return
+            source = f"mqtt:{parsed[0]:08x}"
+            if len(self._sources) < TOPIC_CACHE_MAX:
+                self._sources[topic] = source
+        self.inbox.put(Received(source, m.payload, True, self))
 
     # the network loop: driven by the daemon's asyncio loop, supervised
 

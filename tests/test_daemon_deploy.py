@@ -154,3 +154,28 @@ def test_mosquitto_template_with_acl_and_password(tmp_path, mosquitto_bin):
             d.kill9()
         broker.terminate()
         broker.wait(10)
+
+
+def test_cli_add_terminal(tmp_path):
+    from click.testing import CliRunner
+    from haochaping.daemon.store import Store
+
+    from haochaping.cli import main
+
+    cfg = tmp_path / "hcp.toml"
+    cfg.write_text('[store]\npath = "hall.db"\n')
+    key = bytes(range(32))
+    (tmp_path / "k.hex").write_text(key.hex() + "\n")
+    r = CliRunner().invoke(main, ["daemon", "--config", str(cfg), "add-terminal", "--id", "0a1b2c3d",
+                                  "--window", "W12", "--key-file", str(tmp_path / "k.hex")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "0a1b2c3d" in r.output and key.hex() not in r.output
+    s = Store(tmp_path / "hall.db")
+    rec = s.start_terminals()[0x0A1B2C3D]
+    assert rec.key == key and rec.window_no == "W12"
+    s.close()
+    r = CliRunner().invoke(main, ["daemon", "--config", str(cfg), "add-terminal", "--id", "xyz",
+                                  "--key-file", str(tmp_path / "k.hex")])  # fmt: skip
+    assert r.exit_code == 2 and "8 hex digits" in r.output
+    r = CliRunner().invoke(main, ["daemon"])
+    assert r.exit_code == 2 and "--config" in r.output

@@ -45,7 +45,6 @@ class Terminal:
         self._check = True
         self._link_latch = False  # A_LINK_DOWN stays until a STATUS carried it
         self.last_seq = 0
-        self.tech_shown = 0
 
     # ---------------------------------------------------------------- loop
 
@@ -88,8 +87,6 @@ class Terminal:
             if code == ui.A_WRITE:
                 self._write()
             elif code == ui.A_SHOW:
-                if arg == ui.P_TECH:
-                    self.tech_shown += 1
                 self.board.show(arg, ev.pressed, self)
             elif code == ui.A_ERROR:
                 self.session.send_error(arg, ev.err_ref)

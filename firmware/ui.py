@@ -38,7 +38,8 @@ Rules (each row of TABLE below is one of these):
     with F_RAPID as well when it comes sooner than the minimum interval after
     the previous rating of any kind (flag, never drop: 刷好评 defence).
  6. An ARM while a rating is in progress (REASON, THANKS) is kept and takes
-    effect when THANKS ends; a DISARM for it cancels it.  An ARM in FAULT is
+    effect when THANKS ends; a DISARM for it cancels it.  An ARM for the
+    case that got the last rating arms nothing (一次一评 against a resent ARM).  An ARM in FAULT is
     answered with an ERROR (the rating could not be stored).
  7. A fault (journal full, ...) is entered from any state at the next
     boundary: immediately from IDLE/ARMED (the armed case is dropped and
@@ -143,6 +144,7 @@ class Evaluator:
         self.deadline = 0
         self.has_deadline = False
         self.session = 0  # armed case token
+        self.rated_session = 0  # the last case that got its rating
         self.arm_until = 0
         self.pending = 0  # ARM received during REASON/THANKS
         self.pending_ms = 0
@@ -265,6 +267,8 @@ class Evaluator:
         self.rec_reason = reason
         self.rec_flags = flags
         self.rec_session = self.session
+        if self.session:
+            self.rated_session = self.session
         self.session = 0
         self.ratings += 1
         self._emit(A_WRITE)
@@ -332,6 +336,10 @@ def _idle_press(m, button, now):
 
 
 def _arm(m, session, now):
+    if session == m.rated_session:
+        # This case already has its rating (一次一评): a repeated ARM for it
+        # (a daemon resending after a reconnect) arms nothing.
+        return m.state
     until = (now + m.arm_ms) & (TICKS_PERIOD - 1)
     return m._enter_armed(session, until)
 
@@ -389,6 +397,8 @@ def _reason_timeout(m, arg, now):
 
 
 def _defer_arm(m, session, now):
+    if session == m.rated_session:
+        return m.state
     m.pending = session
     m.pending_ms = (now + m.arm_ms) & (TICKS_PERIOD - 1)
     return m.state
@@ -441,7 +451,7 @@ _X = 1 << S_TECH
 TABLE = (
     (S_IDLE, E_PRESS, _idle_press, _I | _R | _T),
     (S_IDLE, E_TIMEOUT, _stay, _I),
-    (S_IDLE, E_ARM, _arm, _A),
+    (S_IDLE, E_ARM, _arm, _A | _I),
     (S_IDLE, E_DISARM, _stay, _I),
     (S_IDLE, E_FAULT, _to_fault, _F),
     (S_IDLE, E_TECH, _to_tech, _X),
@@ -476,7 +486,7 @@ TABLE = (
     (S_FAULT, E_TECH, _to_tech, _X),
     (S_TECH, E_PRESS, _tech_leave, _I | _A | _F),
     (S_TECH, E_TIMEOUT, _tech_leave, _I | _A | _F),
-    (S_TECH, E_ARM, _arm, _A),
+    (S_TECH, E_ARM, _arm, _A | _X),
     (S_TECH, E_DISARM, _tech_disarm, _X),
     (S_TECH, E_FAULT, _stay, _X),
     (S_TECH, E_CLEAR, _stay, _X),

@@ -196,6 +196,9 @@ def one_rating_per_arm():
     check(rec[3] & m.F_TIME_SYNCED, "synced flag missing")
     check(rec[5] >= m_utc_s(), "device time not set: %r" % (rec,))
     check(r.t.journal.used == 0, "journal not freed by ACK")
+    # The daemon resends the ARM of the case already rated: nothing armed.
+    r.arm(7)
+    check(r.state() == "IDLE", "a resent ARM re-armed a rated case")
     # A second ARM allows exactly one more rating.
     r.arm(8)
     r.press(1)
@@ -310,7 +313,7 @@ def debounce():
     r.run(3100, 50)
     b.mask = 0
     r.step(10)
-    check(r.t.tech_shown == 1 and "00c0ffee" in b.tech_text, "tech mode: %r" % b.tech_text)
+    check(b.shown[ui.P_TECH] == 1 and "00c0ffee" in b.tech_text, "tech mode: %r" % b.tech_text)
     return {"bounces": r.t.buttons.bounces}
 
 

@@ -39,8 +39,9 @@ Rules (each row of TABLE below is one of these):
     the previous rating of any kind (flag, never drop: 刷好评 defence).
  6. An ARM while a rating is in progress (REASON, THANKS) is kept and takes
     effect when THANKS ends; a DISARM for it cancels it.  An ARM for the
-    case that got the last rating arms nothing (一次一评 against a resent ARM).  An ARM in FAULT is
-    answered with an ERROR (the rating could not be stored).
+    case that got the last rating arms nothing (一次一评 against a resent
+    ARM).  An ARM in FAULT is answered with an ERROR (the rating could not
+    be stored).
  7. A fault (journal full, ...) is entered from any state at the next
     boundary: immediately from IDLE/ARMED (the armed case is dropped and
     answered with ERROR), after the confirmation from REASON/THANKS.

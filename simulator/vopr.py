@@ -128,6 +128,7 @@ class Plan:
     outages: int = 0
     disk_fulls: int = 0  # windows in which every commit fails with StoreFull
     mqtt_terminals: int = 0  # the first ones talk MQTT-style (one frame per message), not serial
+    cancel_rate: float = 0.0  # share of cases the business system withdraws (DISARM)
     ack_lost: float = 0.0
     skew: bool = False
     batch_size: int = 5
@@ -193,6 +194,8 @@ class Plan:
             p.disk_fulls = rng.randint(1, 3)
         if on("mqtt"):
             p.mqtt_terminals = rng.randint(1, p.terminals)
+        if on("cancel"):
+            p.cancel_rate = rng.uniform(0.05, 0.3)
         return p
 
 
@@ -616,6 +619,18 @@ class Daemon:
             for tid, frame in core.committed(stored, now):
                 sim.daemon_sent(tid, frame)
 
+    def cancel(self, token: int) -> None:
+        """The business system withdraws a case: the session is cancelled
+        durably, then DISARM goes out."""
+        if not self.up or self.core is None or self.store is None or self.sim.disk_full:
+            return
+        now = self.now()
+        if self.store.cancel_session(token, now):
+            self.sim.cancelled[token] = now
+            self.sim.count("cases_cancelled")
+        for tid, frame in self.core.cancel(token):
+            self.sim.daemon_sent(tid, frame)
+
     def post_case(self, vt: VTerm, case_no: str, token: int) -> bool:
         """The window business system's "case finished at window W"."""
         if not self.up or self.core is None or self.store is None or self.sim.disk_full:
@@ -737,6 +752,7 @@ class Sim:
         self.attempts: dict[tuple[int, int], tuple[int, int, int]] = {}
         self.confirmed: dict[tuple[int, int], tuple[int, int, int]] = {}
         self.cases: dict[int, str] = {}  # session token -> case_no
+        self.cancelled: dict[int, int] = {}  # session token -> daemon ms of the cancellation
         # files
         self.dir = workdir
         self.db_path = str(workdir / "hall.sqlite")
@@ -909,6 +925,8 @@ class Sim:
                 self.at(t + r.randint(600, 4000), self._citizen_press(vt, r.randrange(5)))
             if r.random() < 0.1:  # presses again during THANKS
                 self.at(t + 300, self._citizen_press(vt, r.randrange(5)))
+            if r.random() < self.plan.cancel_rate:  # the case is withdrawn, maybe mid-rating
+                self.at(self.now + r.randint(0, 9000), lambda: self.daemon.cancel(token))
 
         return fire
 
@@ -1143,6 +1161,14 @@ class Sim:
     ) -> None:
         o = rec["origin"]
         want_case = self.cases.get(session) if session else None
+        if session in self.cancelled:
+            # The daemon's rule: a cancelled session binds only the ratings
+            # it stored before the cancellation.
+            row = self.check_conn.execute(
+                "SELECT received_ms FROM ratings WHERE terminal_id = ? AND seq = ?", key
+            ).fetchone()
+            if row is None or row[0] >= self.cancelled[session]:
+                want_case = None
         got = (o["level"], o["reason"], o["session"] or 0, rec["projectNo"])
         want = (level, reason, session, want_case)
         if got != want:

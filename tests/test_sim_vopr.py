@@ -31,7 +31,7 @@ def test_few_hundred_seeds_keep_every_invariant() -> None:
     assert t["at_receiver"] >= t["thanks"]
     for fault in ("power_cut", "write_cut", "daemon_crash_after_commit",
                   "daemon_crash_before_commit", "province_outage", "province_ack_lost",
-                  "uplink_crash", "unplugged", "commits_refused_disk_full", "shown_fault"):  # fmt: skip
+                  "uplink_crash", "unplugged", "commits_refused_disk_full", "shown_fault", "cases_cancelled"):  # fmt: skip
         assert t.get(fault, 0) > 0, fault
     assert t["batches_duplicate"] > 0  # lost answers were resent and deduplicated
 
@@ -77,7 +77,7 @@ def test_plan_is_a_function_of_the_seed() -> None:
     assert plans[3] == vopr.Plan.draw(random.Random(3))
     kinds = {k for p in plans.values() for k in p.faults}
     assert {"drop", "dup", "corrupt", "byte_loss", "reorder", "power_cut", "write_cut",
-            "daemon_crash", "province_outage", "clock_skew", "disk_full", "mqtt"} <= kinds  # fmt: skip
+            "daemon_crash", "province_outage", "clock_skew", "disk_full", "mqtt", "cancel"} <= kinds  # fmt: skip
 
 
 def test_flash_cut_tears_one_write_and_the_journal_recovers() -> None:

@@ -292,7 +292,7 @@ def _run_serial(work: Path, n_terms: int, n_ratings: int, per_frame: int) -> dic
     d.start(wait=False)
     assert d.notify is not None
     d.notify.wait_for("READY", "1", timeout=60)
-    # the port scan opens every port within SCAN_INTERVAL_S; start the clock
+    # the port scan (every service.TICK_S) opens every port; start the clock
     # when the writers start
     time.sleep(1.0)
     t0 = time.perf_counter()

@@ -1,18 +1,24 @@
 """Serial transport: one terminal per port (USB-CDC, RS-232, RS-485 adapter).
 
 ``serial:///dev/ttyACM*?baud=115200``: the path is a glob.  ``supervise``
-(called every SCAN_INTERVAL_S by the daemon) opens ports that appeared,
-drops ports that vanished and restarts a reader that died, with a capped
-backoff.  Each port has one reader thread that decodes the COBS stream
-(protocol.serial.Decoder) and puts whole frames into the inbox; damaged
-chunks become ``Bad`` events and cost only themselves.
+(called every TICK by the daemon) opens ports that appeared, drops ports
+that vanished and reopens a port whose reading failed, with a backoff from
+BACKOFF_MIN_S doubling to BACKOFF_MAX_S while it keeps failing.
+
+Each open port is read on the daemon's asyncio loop (``add_reader`` on its
+file descriptor, non-blocking reads): no thread per port, so the ports and
+the ingest loop never hand the GIL back and forth (the MQTT transport does
+the same; docs/benchmarks.md).  The COBS stream goes through
+protocol.serial.Decoder; whole frames go into the inbox, damaged chunks
+become ``Bad`` events and cost only themselves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import logging
-import threading
+import os
 import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -25,10 +31,8 @@ from haochaping.protocol import serial as wire
 
 log = logging.getLogger("hcp.serial")
 
-READ_TIMEOUT_S = 0.05
 WRITE_TIMEOUT_S = 1.0
 READ_MAX = 4096
-SCAN_INTERVAL_S = 0.5
 # Bytes fed to the decoder at once.  protocol.serial.Decoder keeps at most
 # MAX_PENDING whole chunks and drops the oldest beyond that; the shortest
 # chunk it keeps is 2 bytes (one byte and the delimiter), so a slice this
@@ -37,68 +41,13 @@ FEED_MAX = wire.MAX_PENDING * 2
 
 
 class _Port:
-    def __init__(self, path: str, t: SerialTransport) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
-        self.t = t
-        self.stop = threading.Event()
-        self.ser: pyserial.Serial | None = None
-        self.wlock = threading.Lock()
-        self.thread = threading.Thread(target=self.run, name="serial " + path, daemon=True)
+        self.ser: Any = None
+        self.fd = -1
+        self.dec = wire.Decoder()
         self.failures = 0
         self.next_try = 0.0
-
-    def run(self) -> None:
-        inbox, path = self.t.inbox, self.path
-        dec = wire.Decoder()
-        try:
-            ser = pyserial.Serial(
-                path, self.t.baud, timeout=READ_TIMEOUT_S, write_timeout=WRITE_TIMEOUT_S
-            )
-            self.ser = ser
-            log.info("port %s open", path)
-            while not self.stop.is_set():
-                data = ser.read(max(1, min(ser.in_waiting, READ_MAX)))
-                if not data:
-                    continue
-                for i in range(0, len(data), FEED_MAX):
-                    # the decoder holds at most MAX_PENDING whole chunks:
-                    # feed it a slice that cannot hold more, then drain it
-                    dec.receive_data(data[i : i + FEED_MAX])
-                    while True:
-                        try:
-                            fr = dec.next_event()
-                        except errors.ProtocolError as e:
-                            inbox.put(Bad(path, refusal_reason(e)))
-                            continue
-                        if fr is None:
-                            break
-                        inbox.put(Received(path, fr, True, self.t))
-                self.failures = 0
-        except Exception as e:  # noqa: BLE001 - any port failure ends this reader; supervise restarts it
-            if not self.stop.is_set():
-                log.warning("port %s reader stopped: %s", path, type(e).__name__)
-                inbox.put(Bad(path, "port_error"))
-        finally:
-            if dec.buffered:
-                inbox.put(Bad(path, "partial_frame"))
-            s, self.ser = self.ser, None
-            if s is not None:
-                try:
-                    s.close()
-                except Exception:  # noqa: BLE001
-                    pass
-            inbox.put(Gone(path))
-
-    def write(self, data: bytes) -> bool:
-        s = self.ser
-        if s is None:
-            return False
-        try:
-            with self.wlock:
-                s.write(data)
-            return True
-        except Exception:  # noqa: BLE001 - the reader notices and is restarted
-            return False
 
 
 class SerialTransport:
@@ -111,50 +60,105 @@ class SerialTransport:
         self.inbox = inbox
         self.ports: dict[str, _Port] = {}
         self.restarts = 0
-        self.lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.supervise()
 
     def stop(self) -> None:
-        with self.lock:
-            ports = list(self.ports.values())
-            self.ports.clear()
-        for p in ports:
-            p.stop.set()
-        for p in ports:
-            p.thread.join(2)
+        for p in list(self.ports.values()):
+            self._close(p, None)
+        self.ports.clear()
 
     def supervise(self) -> None:
         now = time.monotonic()
         present = set(glob.glob(self.pattern))
-        with self.lock:
-            for path in list(self.ports):
-                if path not in present:
-                    log.info("port %s vanished", path)
-                    self.ports.pop(path).stop.set()
-            for path in sorted(present):
-                p = self.ports.get(path)
-                if p is None:
-                    p = _Port(path, self)
-                    self.ports[path] = p
-                    p.thread.start()
-                elif not p.thread.is_alive() and now >= p.next_try:
-                    # A dead reader: restart it, backing off while it keeps dying.
-                    q = _Port(path, self)
-                    q.failures = p.failures + 1
-                    q.next_try = now + min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(q.failures, 10))
-                    self.ports[path] = q
-                    self.restarts += 1
-                    q.thread.start()
+        for path in list(self.ports):
+            if path not in present:
+                log.info("port %s vanished", path)
+                self._close(self.ports.pop(path), None)
+        for path in sorted(present):
+            p = self.ports.get(path)
+            if p is None:
+                p = self.ports[path] = _Port(path)
+                self._open(p)
+            elif p.ser is None and now >= p.next_try:
+                self.restarts += 1
+                self._open(p)
+
+    def _open(self, p: _Port) -> None:
+        assert self._loop is not None
+        try:
+            p.ser = pyserial.Serial(p.path, self.baud, timeout=0, write_timeout=WRITE_TIMEOUT_S)
+            p.fd = p.ser.fileno()
+            p.dec = wire.Decoder()
+            self._loop.add_reader(p.fd, self._readable, p)
+            log.info("port %s open", p.path)
+        except Exception as e:  # noqa: BLE001 - any failure: report, back off, try again
+            self._failed(p, e)
+
+    def _failed(self, p: _Port, e: Exception) -> None:
+        p.failures += 1
+        p.next_try = time.monotonic() + min(
+            BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(p.failures - 1, 10)
+        )
+        if p.failures == 1 or p.failures % 10 == 0:
+            log.warning("port %s failed (%s); reopening with backoff", p.path, type(e).__name__)
+        self.inbox.put(Bad(p.path, "port_error"))
+        self._close(p, e)
+
+    def _close(self, p: _Port, e: Exception | None) -> None:
+        if p.ser is None:
+            return
+        if self._loop is not None and p.fd >= 0:
+            self._loop.remove_reader(p.fd)
+        if p.dec.buffered:
+            self.inbox.put(Bad(p.path, "partial_frame"))
+        try:
+            p.ser.close()
+        except Exception:  # noqa: BLE001
+            pass
+        p.ser, p.fd = None, -1
+        self.inbox.put(Gone(p.path))
+
+    def _readable(self, p: _Port) -> None:
+        try:
+            data = os.read(p.fd, READ_MAX)
+            if not data:
+                raise OSError("end of file")
+        except BlockingIOError:
+            return
+        except Exception as e:  # noqa: BLE001 - the device went away
+            self._failed(p, e)
+            return
+        p.failures = 0
+        inbox, dec = self.inbox, p.dec
+        for i in range(0, len(data), FEED_MAX):
+            dec.receive_data(data[i : i + FEED_MAX])
+            while True:
+                try:
+                    fr = dec.next_event()
+                except errors.ProtocolError as e:
+                    inbox.put(Bad(p.path, refusal_reason(e)))
+                    continue
+                if fr is None:
+                    break
+                inbox.put(Received(p.path, fr, True, self))
 
     def send(self, source: str, terminal_id: int, frame: bytes) -> bool:
         p = self.ports.get(source)
-        return p.write(wire.encode(frame)) if p is not None else False
+        if p is None or p.ser is None:
+            return False
+        try:
+            p.ser.write(wire.encode(frame))
+            return True
+        except Exception:  # noqa: BLE001 - the next read notices and the port is reopened
+            return False
 
     def health(self) -> dict[str, Any]:
         return {
             "url": self.url,
-            "ports": sorted(p for p, v in self.ports.items() if v.ser is not None),
+            "ports": sorted(path for path, p in self.ports.items() if p.ser is not None),
             "restarts": self.restarts,
         }

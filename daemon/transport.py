@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-INBOX_MAX = 100_000  # events waiting for the core; past it transports wait (back-pressure)
+INBOX_MAX = 100_000  # events waiting for the core; past it new ones are dropped and counted
 GATHER_S = 0.002  # latency added to the first event of a batch
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
@@ -56,15 +56,19 @@ class Inbox:
         self._loop = loop
         self._q: deque[Event] = deque()
         self._lock = threading.Lock()
-        self._space = threading.Condition(self._lock)
         self._limit = limit
         self._wake = asyncio.Event()
         self._signalled = False
+        self.dropped = 0  # events refused because the inbox was full
 
     def put(self, ev: Event) -> None:
         with self._lock:
-            while len(self._q) >= self._limit:
-                self._space.wait(0.5)
+            if len(self._q) >= self._limit:
+                # Never block: transports run on the loop that drains this.
+                # A frame dropped here was not acknowledged; its terminal
+                # sends it again after its ACK time-out.
+                self.dropped += 1
+                return
             self._q.append(ev)
             if self._signalled:
                 return
@@ -92,7 +96,6 @@ class Inbox:
                 # more left: come straight back
                 self._signalled = True
                 self._wake.set()
-            self._space.notify_all()
         return out
 
     def __len__(self) -> int:

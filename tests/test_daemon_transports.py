@@ -31,6 +31,19 @@ def test_redact_hides_passwords():
         open_transport("tcp://x", None, {})  # type: ignore[arg-type]
 
 
+def test_inbox_full_drops_and_counts_never_blocks():
+    async def main() -> None:
+        inbox = Inbox(asyncio.get_running_loop(), limit=3)
+        for i in range(5):
+            inbox.put(Bad("x", str(i)))
+        assert inbox.dropped == 2
+        got = await inbox.get(0.1, 10)
+        assert [e.reason for e in got] == ["0", "1", "2"]
+        assert await inbox.get(0.01, 10) == []
+
+    asyncio.run(main())
+
+
 def test_serial_ports_come_go_and_dead_readers_restart(tmp_path):
     async def main() -> None:
         inbox = Inbox(asyncio.get_running_loop())

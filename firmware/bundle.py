@@ -26,7 +26,7 @@ import haochaping
 
 HOST_ONLY = {
     "firmware": {"bundle", "board_sim", "main", "boot", "tabledoc"},
-    "protocol": {"benchmark", "vectors"},
+    "protocol": {"benchmark", "vectors", "fields"},
 }
 
 

@@ -2,8 +2,8 @@
 
 A message is a plain object: its fields are attributes named in ``FIELDS``,
 ``payload()`` packs them and ``from_payload()`` parses and validates them,
-raising MessageError for anything SPEC.md does not allow.  ``to_dict`` and
-``from_dict`` give the JSON form the test vectors use.
+raising MessageError for anything SPEC.md does not allow.  The JSON form the
+test vectors use lives in fields.py, off the board.
 
 Type codes: bit 7 clear = up (terminal -> daemon), set = down (daemon ->
 terminal).  Codes not listed are free for later versions.
@@ -60,41 +60,9 @@ class Message:
             ", ".join("%s=%r" % (f, getattr(self, f)) for f in self.FIELDS),
         )
 
-    def to_dict(self):
-        d = {}
-        for f in self.FIELDS:
-            v = getattr(self, f)
-            if isinstance(v, (bytes, bytearray)):
-                v = _hex(v)
-            d[f] = v
-        return d
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(**_kwargs(d))
-
     def check(self):
         """Validate fields; raise MessageError.  Called on encode and decode."""
         return self
-
-
-def _hex(b):
-    return "".join("%02x" % x for x in b)
-
-
-def _unhex(s):
-    if len(s) % 2:
-        raise MessageError("odd-length hex")
-    return bytes(int(s[i : i + 2], 16) for i in range(0, len(s), 2))
-
-
-def _kwargs(d):
-    # MicroPython needs str keys for ** and has no dict comprehension issue,
-    # but keep it explicit.
-    out = {}
-    for k in d:
-        out[str(k)] = d[k]
-    return out
 
 
 def _u(value, bits, name):
@@ -152,11 +120,6 @@ class Hello(Message):
         self.capacity = capacity
         self.uptime_ms = uptime_ms
         self.flags = flags
-
-    def to_dict(self):
-        d = Message.to_dict(self)
-        d["fw"] = list(self.fw)
-        return d
 
     def check(self):
         if len(self.fw) != 3:
@@ -297,13 +260,6 @@ class Ratings(Message):
 
     def __init__(self, records=()):
         self.records = list(records)
-
-    def to_dict(self):
-        return {"records": [r.to_dict() for r in self.records]}
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls([Rating.from_dict(r) for r in d["records"]])
 
     def check(self):
         if not 1 <= len(self.records) <= MAX_RECORDS:
@@ -475,10 +431,6 @@ class Arm(Message):
         self.timeout_s = timeout_s
         self.digest = bytes(digest)
 
-    @classmethod
-    def from_dict(cls, d):
-        return cls(d["session"], d["timeout_s"], _unhex(d["digest"]))
-
     def check(self):
         _u(self.session, 32, "session")
         if self.session == 0:
@@ -563,13 +515,6 @@ class Config(Message):
     def __init__(self, settings=()):
         # A list of (key, value) pairs; order is kept on the wire.
         self.settings = [(k, v) for (k, v) in settings]
-
-    def to_dict(self):
-        return {"settings": [[k, v] for (k, v) in self.settings]}
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls([(p[0], p[1]) for p in d["settings"]])
 
     def check(self):
         if len(self.settings) > CONFIG_MAX:

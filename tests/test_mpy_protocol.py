@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from haochaping.protocol import auth, frame, serial
+from haochaping.protocol import auth, fields, frame, serial
 from haochaping.protocol import messages as m
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -41,7 +41,7 @@ def test_protocol_on_micropython(micropython: MicroPython, tmp_path: Path) -> No
         f = frame.seal(k, msg, tid, counter)
         cases.append({
             "type": msg.NAME, "terminal_id": tid, "counter": counter,
-            "fields": msg.to_dict(), "frame": f.hex(), "wire": serial.encode(f).hex(),
+            "fields": fields.to_dict(msg), "frame": f.hex(), "wire": serial.encode(f).hex(),
         })
     good = serial.encode(frame.seal(k, m.Rating(seq=3, level=2, reason=1, boot=1), 0xABCDEF01, 77))
     doc = {"key": key.hex(), "cases": cases, "fuzz_seed": 424242, "fuzz_count": 20000,

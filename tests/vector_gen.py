@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from haochaping.protocol import auth, frame, serial
+from haochaping.protocol import auth, fields, frame, serial
 from haochaping.protocol import messages as m
 
 KEY = bytes(range(0x40, 0x60))  # a test key; never a real terminal's
@@ -213,7 +213,7 @@ def build() -> dict:
             "type": msg.NAME,
             "terminal_id": TID,
             "counter": counter,
-            "fields": msg.to_dict(),
+            "fields": fields.to_dict(msg),
             "frame": f.hex(),
             "wire": serial.encode(f).hex(),
         })

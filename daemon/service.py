@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from haochaping.daemon import config as config_mod
-from haochaping.daemon.core import Core, Session
+from haochaping.daemon.core import SESSION_KEEP_MS, Core, Session
 from haochaping.daemon.sdnotify import Notifier
 from haochaping.daemon.store import ContactCipher, Store, StoreError, StoreFull
 from haochaping.daemon.transport import (
@@ -50,7 +50,6 @@ TICK_S = 0.5  # housekeeping: supervise transports, watchdog, status
 STATUS_EVERY_S = 10
 REFUSAL_LOG_EVERY_MS = 60_000  # one refusals row per (source, reason) per minute
 SWITCH_INTERVAL_S = 0.001
-SESSION_LOAD_MS = 7 * 24 * 3600 * 1000
 
 
 def now_ms() -> int:
@@ -100,7 +99,6 @@ class Daemon:
         self.routes: dict[str, Transport] = {}
         self.transports: dict[str, Transport] = {}
         self._refusal_seen: dict[tuple[str, str], int] = {}
-        self.started = asyncio.Event()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="store")
         self.store: Store | None = None
         self.reader: Store | None = None
@@ -132,7 +130,7 @@ class Daemon:
         sessions = [
             Session(tok, case, win or "", tid, armed, exp, cancelled is not None)
             for tok, case, win, tid, armed, exp, cancelled in self.store.sessions_since(
-                t - SESSION_LOAD_MS
+                t - SESSION_KEEP_MS
             )
         ]
         self.core = Core(terms, sessions, cfg.terminal_settings)
@@ -180,7 +178,6 @@ class Daemon:
         except (NotImplementedError, RuntimeError):
             pass
         self.notifier.ready(self._status())
-        self.started.set()
         log.info("ready: api on http://%s", self.api.address)
         try:
             await self._ingest()

@@ -14,6 +14,7 @@ from haochaping.daemon.store import (
     ContactKeyError,
     NewRating,
     Store,
+    StoreError,
     StoreFull,
 )
 
@@ -126,3 +127,18 @@ def test_contact_cipher(tmp_path):
     os.chmod(p, 0o644)
     with pytest.raises(ContactKeyError, match="0600"):
         ContactCipher(p)
+
+
+def test_review_outcome_is_an_annotation(tmp_path):
+    s = Store(tmp_path / "h.db")
+    (r,) = s.commit([rating(3, 1, level=1)], 1)
+    assert r.id is not None
+    a = s.annotate(r.id, "review", "不属实", 2)
+    row = s.conn.execute(
+        "SELECT rating_id, kind, value FROM annotations WHERE id = ?", (a,)
+    ).fetchone()
+    assert row == (r.id, "review", "不属实")
+    assert s.conn.execute("SELECT level FROM ratings WHERE id = ?", (r.id,)).fetchone() == (1,)
+    assert s.verify_chain() is None  # the rating itself is untouched
+    with pytest.raises(StoreError):
+        s.annotate(r.id, "edit", "x", 3)

@@ -208,6 +208,25 @@ def _check(db: Path, n: int) -> None:
         raise BenchError(f"stored {got} ratings, expected {n} once each")
 
 
+def _wait_ports(d: DaemonProcess, n: int) -> None:
+    import json
+    import urllib.request
+
+    cfg = d.config.read_text()
+    port = int(cfg.split('listen = "127.0.0.1:', 1)[1].split('"', 1)[0])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        for line in text.splitlines():
+            if (
+                line.startswith('hcp_transport_up{transport="serial')
+                and float(line.rsplit(" ", 1)[1]) >= n
+            ):
+                return
+        time.sleep(0.05)
+    raise BenchError("the daemon did not open every port: " + json.dumps(text[-300:]))
+
+
 def _run_serial(work: Path, n_terms: int, n_ratings: int, per_frame: int) -> dict[str, Any]:
     import serial as pyserial
     from haochaping.daemon.transport_serial import FEED_MAX
@@ -294,7 +313,7 @@ def _run_serial(work: Path, n_terms: int, n_ratings: int, per_frame: int) -> dic
     d.notify.wait_for("READY", "1", timeout=60)
     # the port scan (every service.TICK_S) opens every port; start the clock
     # when the writers start
-    time.sleep(1.0)
+    _wait_ports(d, n_terms)
     t0 = time.perf_counter()
     pump(peers, blobs)
     try:

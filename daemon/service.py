@@ -391,10 +391,44 @@ class Daemon:
             "Events waiting for the core.",
             [("", len(self.inbox or ()))],
         )
+        metric(
+            "hcp_inbox_dropped_total",
+            "counter",
+            "Frames dropped because the inbox was full (not acknowledged: resent by terminals).",
+            [("", self.inbox.dropped if self.inbox else 0)],
+        )
         metric("hcp_alerts_fired_total", "counter", "差评 alerts fired.",
                [("", self.alerts.fired if self.alerts else 0)])  # fmt: skip
         metric("hcp_alert_hook_failures_total", "counter", "Alert deliveries given up after retries.",
                [("", self.alerts.failures if self.alerts else 0)])  # fmt: skip
+        health = [(redact(url), tr.health()) for url, tr in sorted(self.transports.items())]
+        metric(
+            "hcp_transport_up",
+            "gauge",
+            "Serial: ports open; MQTT: 1 while connected to the broker.",
+            [
+                (
+                    f'{{transport="{u}"}}',
+                    len(h["ports"]) if "ports" in h else int(bool(h.get("connected"))),
+                )
+                for u, h in health
+            ],
+        )
+        metric(
+            "hcp_transport_restarts_total",
+            "counter",
+            "Serial ports reopened after a failure; MQTT supervisor restarts.",
+            [
+                (f'{{transport="{u}"}}', h.get("restarts", h.get("loop_restarts", 0)))
+                for u, h in health
+            ],
+        )
+        metric(
+            "hcp_serial_bytes_received_total",
+            "counter",
+            "Bytes read from serial ports.",
+            [(f'{{transport="{u}"}}', h["bytes_in"]) for u, h in health if "bytes_in" in h],
+        )
         metric(
             "hcp_config_reloads_total",
             "counter",

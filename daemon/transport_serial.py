@@ -60,6 +60,7 @@ class SerialTransport:
         self.inbox = inbox
         self.ports: dict[str, _Port] = {}
         self.restarts = 0
+        self.bytes_in = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -133,6 +134,7 @@ class SerialTransport:
             self._failed(p, e)
             return
         p.failures = 0
+        self.bytes_in += len(data)
         inbox, dec = self.inbox, p.dec
         for i in range(0, len(data), FEED_MAX):
             dec.receive_data(data[i : i + FEED_MAX])
@@ -161,4 +163,5 @@ class SerialTransport:
             "url": self.url,
             "ports": sorted(path for path, p in self.ports.items() if p.ser is not None),
             "restarts": self.restarts,
+            "bytes_in": self.bytes_in,
         }

@@ -36,6 +36,24 @@ def metrics(port: int) -> dict[str, float]:
     return out
 
 
+def ports_open(m: dict[str, float]) -> float:
+    return sum(v for k, v in m.items() if k.startswith('hcp_transport_up{transport="serial'))
+
+
+def serial_bytes(m: dict[str, float]) -> float:
+    return sum(v for k, v in m.items() if k.startswith("hcp_serial_bytes_received_total"))
+
+
+def wait_until(port: int, pred, timeout: float = 10) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        m = metrics(port)
+        if pred(m):
+            return m
+        assert time.monotonic() < deadline, "timed out waiting on /metrics"
+        time.sleep(0.05)
+
+
 def refused(m: dict[str, float], reason: str) -> float:
     return m.get(f'hcp_frames_refused_total{{reason="{reason}"}}', 0)
 
@@ -123,12 +141,12 @@ def test_bad_input_refused_counted_others_served(tmp_path, mosquitto_bin):
         pc = PtyPeer(cut, ports)
         extra.append(pc)
         wire = serial.encode(cut.hello())
-        deadline = time.monotonic() + 10
-        while not os.path.exists(pc.path) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(1.0)  # the port scan (0.5 s) opens the new port
+        wait_until(api, lambda m: ports_open(m) == 2)  # the port scan opened the new port
+        before = serial_bytes(metrics(api))
         pc.write_raw(wire[: len(wire) // 2])
-        time.sleep(0.3)
+        wait_until(
+            api, lambda m: serial_bytes(m) >= before + len(wire) // 2
+        )  # ... and read half a frame
         pc.close()
         os.unlink(pc.path)
         assert refused(wait_metric(api, "partial_frame", 1), "partial_frame") >= 1

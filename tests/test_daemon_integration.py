@@ -94,6 +94,9 @@ def test_fifty_terminals_mixed_exactly_once(hall):
         assert p.term.acked == p.term.head - 1
     m = metrics(hall["api"])
     assert m["hcp_ratings_stored_total"] == sent
+    assert m["hcp_inbox_dropped_total"] == 0 and m["hcp_store_full"] == 0
+    broker_port = hall["broker"].port
+    assert m[f'hcp_transport_up{{transport="mqtt://127.0.0.1:{broker_port}"}}'] == 1
     assert d.stop() == 0
 
 
@@ -110,7 +113,13 @@ def test_serial_burst_is_not_dropped(hall):
         t.press(4)
     import time
 
-    time.sleep(1.0)  # the port scan opens the new port
+    deadline = time.monotonic() + 10
+    while not any(
+        k.startswith('hcp_transport_up{transport="serial') and v == 1
+        for k, v in metrics(hall["api"]).items()
+    ):
+        assert time.monotonic() < deadline, "the port was never opened"
+        time.sleep(0.05)  # polling /metrics until the port scan opened the port
     from haochaping.protocol import serial as wire
 
     p.write_raw(b"".join(wire.encode(f) for f in [t.hello()] + t.send_new(per_frame=1)))

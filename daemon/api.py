@@ -19,6 +19,7 @@ from haochaping.daemon.core import ArmError
 log = logging.getLogger("hcp.api")
 
 MAX_BODY = 16 * 1024
+REVIEW_MAX = 64  # characters of a review outcome
 CASE_FIELDS = {
     "case_no": "办件编号 (projectNo)",
     "item_code": "事项编码 (taskCode)",
@@ -88,6 +89,17 @@ def openapi() -> dict[str, Any]:
                                     "parameters": [{"name": "since_id", "in": "query", "schema": {"type": "integer"}},
                                                    {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
                                     "responses": {"200": {"description": "list"}}}},
+            "/v1/ratings/{rating}/review": {
+                "post": {
+                    "summary": "Record a review outcome (e.g. 不属实) for a rating; the rating is never changed",
+                    "security": bearer,
+                    "parameters": [{"name": "rating", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "properties": {"outcome": {"type": "string", "maxLength": REVIEW_MAX}},
+                        "required": ["outcome"]}}}},
+                    "responses": {"201": {"description": "recorded"}, "400": err, "404": err},
+                }
+            },
             "/v1/alerts": {"get": {"summary": "差评 alerts after since_id", "security": bearer,
                                    "parameters": [{"name": "since_id", "in": "query", "schema": {"type": "integer"}}],
                                    "responses": {"200": {"description": "list"}}}},
@@ -110,6 +122,7 @@ class Api:
         app.router.add_delete("/v1/sessions/{session}", self.cancel)
         app.router.add_get("/v1/terminals", self.terminals)
         app.router.add_get("/v1/ratings", self.ratings)
+        app.router.add_post("/v1/ratings/{rating}/review", self.review)
         app.router.add_get("/v1/alerts", self.alerts)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/openapi.json", self.openapi)
@@ -237,6 +250,27 @@ class Api:
             self._int(request, "since_id", 0, 2**62), self._int(request, "limit", 1000, 10000)
         )
         return web.json_response({"ratings": rows})
+
+    async def review(self, request: web.Request) -> web.Response:
+        """A review outcome for a rating (e.g. 不属实): an annotation, the rating stays as it is."""
+        from haochaping.daemon.service import now_ms
+
+        try:
+            rid = int(request.match_info["rating"])
+            body = await request.json()
+        except (ValueError, TypeError):
+            return _err(400, "rating id is an integer and the body JSON")
+        except Exception:  # noqa: BLE001
+            return _err(400, "body must be JSON")
+        outcome = body.get("outcome") if isinstance(body, dict) else None
+        if not isinstance(outcome, str) or not 1 <= len(outcome) <= REVIEW_MAX:
+            return _err(400, f"outcome is text of 1..{REVIEW_MAX} characters")
+        if not self.d.reader.conn.execute("SELECT 1 FROM ratings WHERE id = ?", (rid,)).fetchone():
+            return _err(404, "no such rating")
+        aid = await self.d._on_store(self.d.store.annotate, rid, "review", outcome, now_ms())
+        return web.json_response(
+            {"annotation": aid, "rating_id": rid, "outcome": outcome}, status=201
+        )
 
     async def alerts(self, request: web.Request) -> web.Response:
         rows = self.d.reader.alerts(

@@ -175,6 +175,13 @@ def test_service_api_alerts_signals(tmp_path, mosquitto_bin):
         assert body["alerts"][0]["case_no"] == "QD-2026-0001"
         assert "13800000000" not in json.dumps(body)
 
+        # staff asked for a review: found untrue; an annotation, the rating unchanged
+        st, body = api(port, "POST", f"/v1/ratings/{r['id']}/review", {"outcome": "不属实"})
+        assert st == 201 and body["outcome"] == "不属实"
+        assert api(port, "POST", "/v1/ratings/999999/review", {"outcome": "不属实"})[0] == 404
+        assert api(port, "POST", f"/v1/ratings/{r['id']}/review", {"outcome": ""})[0] == 400
+        assert api(port, "GET", "/v1/ratings")[1]["ratings"][-1]["level"] == 1
+
         # cancel: DISARM
         st, body = api(port, "POST", "/v1/cases", dict(case, case_no="QD-2026-0002"))
         assert st == 201

@@ -96,7 +96,7 @@ def bench_protocol(as_json: bool, seconds: float) -> None:
             click.echo(f"{k:>24}: {v}")
 
 
-from haochaping.cmd_daemon import daemon as _dm, ingest as _ingest; main.add_command(_dm); bench.add_command(_ingest)  # noqa: E402,I001
+from haochaping.cmd_daemon import daemon as _dm, ingest as _ingest; main.add_command(_dm); bench.add_command(_ingest)  # noqa: E402,E702,I001
 
 from haochaping.cmd_uplink import register as _uplink_register; _uplink_register(main)  # noqa: E402,E702,I001
 from haochaping.cmd_sim import sim as _sim; main.add_command(_sim)  # noqa: E402,E702,I001

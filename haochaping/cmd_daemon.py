@@ -32,22 +32,28 @@ def daemon(ctx: click.Context, config_path: str | None) -> None:
 
 
 @daemon.command("add-terminal")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML config file (or give it to `hcp daemon`).",
+)
 @click.option("--id", "tid", required=True, help="Terminal id, 8 hex digits.")
 @click.option("--window", default=None, help="Window number (winNo) the terminal serves.")
 @click.option("--key-file", required=True, type=click.Path(exists=True, dir_okay=False),
               help="File with the terminal's 32-byte key (raw, or 64 hex digits).")  # fmt: skip
 @click.pass_context
-def add_terminal(ctx: click.Context, tid: str, window: str | None, key_file: str) -> None:
+def add_terminal(
+    ctx: click.Context, config_path: str | None, tid: str, window: str | None, key_file: str
+) -> None:
     """Provision a terminal (its key goes into the store, never to the log)."""
     from haochaping.daemon import config as config_mod
     from haochaping.daemon.service import now_ms
     from haochaping.daemon.store import Store, StoreError
 
-    path = ctx.obj.get("config")
+    path = config_path or ctx.obj.get("config")
     if not path:
-        raise click.UsageError(
-            "--config PATH is required (hcp daemon --config PATH add-terminal ...)"
-        )
+        raise click.UsageError("--config PATH is required")
     try:
         cfg = config_mod.load(path)
         terminal_id = int(tid, 16)

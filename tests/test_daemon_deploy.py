@@ -174,7 +174,7 @@ def test_cli_add_terminal(tmp_path):
     rec = s.start_terminals()[0x0A1B2C3D]
     assert rec.key == key and rec.window_no == "W12"
     s.close()
-    r = CliRunner().invoke(main, ["daemon", "--config", str(cfg), "add-terminal", "--id", "xyz",
+    r = CliRunner().invoke(main, ["daemon", "add-terminal", "--config", str(cfg), "--id", "xyz",
                                   "--key-file", str(tmp_path / "k.hex")])  # fmt: skip
     assert r.exit_code == 2 and "8 hex digits" in r.output
     r = CliRunner().invoke(main, ["daemon"])

@@ -442,6 +442,8 @@ class Hall:
         elif self.opts.runtime != "cpython":
             raise HallError("runtime is cpython or micropython")
         d = self.dir
+        if self.db.exists():
+            raise HallError(f"{d} already holds a hall; give a new or empty directory")
         for sub in ("tty", "terminals", "province"):
             (d / sub).mkdir(exist_ok=True)
         keys_dir = d / "keys"

@@ -87,7 +87,9 @@ def test_kill9_during_ingest(tmp_path, mosquitto_bin):
                 missing = [s for s in range(1, acked + 1) if (p.term.id, s) not in have]
                 assert not missing, f"round {rnd_no}: {p.term.id:08x} got ACK {acked} but seqs {missing[:5]} are not stored"  # fmt: skip
             d.start()
-            assert drive(peers, 60, alive=d.alive), f"round {rnd_no}: not everything acknowledged"
+            assert drive(peers, 60, ack_timeout_s=1.0, alive=d.alive), (
+                f"round {rnd_no}: not everything acknowledged"
+            )
             c = sqlite3.connect(db)
             rows = c.execute("SELECT terminal_id, seq FROM ratings").fetchall()
             c.close()

@@ -125,3 +125,80 @@ def test_mqtt_reconnects_after_broker_restart(tmp_path, mosquitto_bin):
             d.kill9()
         hub.close()
         broker.stop()
+
+
+def _tls_files(d):
+    """A CA and a server certificate for 127.0.0.1, written as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hcp test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    (d / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (d / "server.pem").write_bytes(cert.public_bytes(pem))
+    (d / "server.key").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+@pytest.mark.slow
+def test_mqtt_over_tls(tmp_path, mosquitto_bin):
+    import pwd
+
+    broker = Mosquitto(mosquitto_bin, tmp_path / "broker")
+    _tls_files(tmp_path / "broker")
+    tls_port = free_port()
+    b = broker.dir
+    broker.conf.write_text(
+        broker.conf.read_text()
+        + f"listener {tls_port} 127.0.0.1\ncafile {b}/ca.pem\ncertfile {b}/server.pem\nkeyfile {b}/server.key\n"
+        + f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+    )
+    broker.start()
+    db = tmp_path / "hall.db"
+    cfg = write_config(
+        tmp_path / "hcp.toml",
+        db,
+        [{"url": f"mqtts://127.0.0.1:{tls_port}", "ca_file": str(b / "ca.pem")}],
+        free_port(),
+    )
+    t = FakeTerminal(0x8201, make_key(1, 82))
+    provision(db, [t])
+    d = DaemonProcess(cfg, tmp_path).start()
+    hub = MqttHub(broker.port)  # the terminals on the plain listener, the daemon on TLS
+    p = hub.add(t)
+    try:
+        p.hello()
+        t.press(2, reason=1)
+        p.send_new()
+        assert drive([p], 20), "no ACK through the TLS connection"
+        assert "connected to broker" in d.output()
+        assert d.stop() == 0
+    finally:
+        if d.alive():
+            d.kill9()
+        hub.close()
+        broker.stop()

@@ -49,6 +49,7 @@ STOP_BOUND_S = 10  # SIGTERM to exit, worst case (a commit plus transport shutdo
 TICK_S = 0.5  # housekeeping: supervise transports, watchdog, status
 STATUS_EVERY_S = 10
 REFUSAL_LOG_EVERY_MS = 60_000  # one refusals row per (source, reason) per minute
+REFUSAL_KEYS_MAX = 10_000  # (source, reason) pairs remembered for that limit
 SWITCH_INTERVAL_S = 0.001
 
 
@@ -239,13 +240,17 @@ class Daemon:
         refusals: list[tuple[int, str, int | None, str]] = []
         for ev in events:
             if isinstance(ev, Received):
-                self.routes[ev.source] = ev.transport
                 if ev.source.startswith("mqtt:"):
                     # an MQTT source is the terminal its topic names
-                    core.source_of.setdefault(ev.source, int(ev.source[5:], 16))
+                    tid = int(ev.source[5:], 16)
+                    if tid in core.peers:
+                        core.source_of.setdefault(ev.source, tid)
                 out = core.receive(ev.source, ev.data, t, ev.bound)
                 if out.refused:
                     self._refusal(refusals, t, ev.source, out.terminal_id, out.refused)
+                else:
+                    # only authenticated sources become routes (bounded by the terminals)
+                    self.routes[ev.source] = ev.transport
                 rows.extend(out.store)
                 self._send(out.send)
             elif isinstance(ev, Bad):
@@ -290,6 +295,8 @@ class Daemon:
 
     def _refusal(self, out: list[Any], t: int, source: str, tid: int | None, reason: str) -> None:
         key = (source, reason)
+        if len(self._refusal_seen) >= REFUSAL_KEYS_MAX:
+            self._refusal_seen.clear()  # many bogus sources: forget, at worst log a little more
         if t - self._refusal_seen.get(key, -REFUSAL_LOG_EVERY_MS) >= REFUSAL_LOG_EVERY_MS:
             self._refusal_seen[key] = t
             out.append((t, source, tid, reason))

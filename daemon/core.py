@@ -55,6 +55,7 @@ BURST_MAX = 3
 MAX_PENDING_SEQS = 4_096  # out-of-order stored seqs remembered per terminal
 ARM_TIMEOUT_S = 120
 SESSION_KEEP_MS = 7 * 24 * 3600 * 1000  # sessions a late rating may still bind to
+SESSIONS_PRUNE_AT = 10_000  # sessions in memory before old ones are pruned
 FUTURE_SLACK_MS = 5_000  # assess time later than receipt by more: clamped
 
 REFUSAL_REASONS = (
@@ -469,11 +470,19 @@ class Core:
         if not 0 < token <= 0xFFFFFFFF or token in self.sessions:
             raise ArmError("session token is not fresh")
         peer = self.peers[tid]
+        if len(self.sessions) >= SESSIONS_PRUNE_AT:
+            self.prune_sessions(now_ms)
         s = Session(token, case_id, window_no, tid, now_ms, now_ms + timeout_s * 1000)
         self.sessions[token] = s
         self.armed[tid] = token
         digest = hashlib.sha256(case_no.encode()).digest()[: messages.DIGEST_LEN]
         return s, [(tid, self._send(peer, messages.Arm(token, timeout_s, digest)))]
+
+    def prune_sessions(self, now_ms: int) -> None:
+        """Forget sessions older than SESSION_KEEP_MS (their rows stay in the store)."""
+        old = [t for t, s in self.sessions.items() if s.armed_ms < now_ms - SESSION_KEEP_MS]
+        for t in old:
+            del self.sessions[t]
 
     def cancel(self, token: int) -> list[tuple[int, bytes]]:
         s = self.sessions.get(token)

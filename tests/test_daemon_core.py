@@ -216,3 +216,14 @@ def test_fast_key_is_the_same_hmac():
         d = os.urandom(n)
         assert FastKey(k).mac(d) == Key(k).mac(d) == Key(k).mac_portable(d)
         assert FastKey(k).tag(d) == Key(k).tag(d)
+
+
+def test_old_sessions_are_pruned(tmp_path):
+    from haochaping.daemon import core as core_mod
+
+    store, core = make(tmp_path)
+    week = core_mod.SESSION_KEEP_MS
+    core.sessions = {i: Session(i, 1, "W1", 1, 0, 1) for i in range(1, 4)}
+    core.sessions[9] = Session(9, 1, "W1", 1, week, week + 1)
+    core.prune_sessions(week + 10)
+    assert sorted(core.sessions) == [9]

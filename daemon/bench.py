@@ -229,7 +229,6 @@ def _wait_ports(d: DaemonProcess, n: int) -> None:
 
 def _run_serial(work: Path, n_terms: int, n_ratings: int, per_frame: int) -> dict[str, Any]:
     import serial as pyserial
-    from haochaping.daemon.transport_serial import FEED_MAX
     from haochaping.protocol import serial as wire
 
     ports = work / "ports"
@@ -272,15 +271,14 @@ def _run_serial(work: Path, n_terms: int, n_ratings: int, per_frame: int) -> dic
         while counts[i] < want[i]:
             # the same framing the daemon's reader does (COBS + CRC), nothing more
             data = s.read(max(1, min(s.in_waiting, 4096)))
-            for j in range(0, len(data), FEED_MAX):
-                dec.receive_data(data[j : j + FEED_MAX])
-                while True:
-                    try:
-                        if dec.next_event() is None:
-                            break
-                        counts[i] += 1
-                    except Exception:  # noqa: BLE001 - counted like the daemon would refuse it
-                        pass
+            dec.receive_data(data)
+            while True:
+                try:
+                    if dec.next_event() is None:
+                        break
+                    counts[i] += 1
+                except Exception:  # noqa: BLE001 - counted like the daemon would refuse it
+                    pass
         s.close()
         with lock:
             left[0] -= 1

@@ -72,30 +72,6 @@ REFUSAL_REASONS = (
 )
 
 
-class FastKey(Key):
-    """auth.Key with HMAC-SHA256 from precomputed pad states.
-
-    Why: CPython's one-shot ``hmac.digest`` (used by auth.Key on CPython)
-    releases the GIL on every call; beside the MQTT network thread each
-    re-acquire costs a thread switch (27 us per frame measured in the ingest
-    benchmark instead of 1.4 us).  ``sha256.copy()`` of the pad states keeps
-    the GIL for small inputs and is faster still (0.5 us).  Same bytes: the
-    tests check it against auth.Key.
-    """
-
-    def __init__(self, key: bytes) -> None:
-        super().__init__(key)
-        self._inner = hashlib.sha256(self._ipad)
-        self._outer = hashlib.sha256(self._opad)
-
-    def mac(self, data: bytes) -> bytes:
-        h = self._inner.copy()
-        h.update(data)
-        o = self._outer.copy()
-        o.update(h.digest())
-        return o.digest()
-
-
 class ArmError(Exception):
     """The window cannot be armed (no terminal, or it is offline)."""
 
@@ -147,7 +123,7 @@ class _Peer:
     def __init__(self, rec: TerminalRecord) -> None:
         self.id = rec.id
         self.window_no = rec.window_no
-        key = FastKey(rec.key)
+        key = Key(rec.key)
         self.up = link.Link(link.DAEMON, rec.id, key, 0, rx_last=rec.rx_counter)
         self.down = link.Link(link.DAEMON, rec.id, key, min(rec.down_epoch, link.EPOCH_MAX))
         self.high_seq = rec.high_seq

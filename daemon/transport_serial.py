@@ -33,11 +33,6 @@ log = logging.getLogger("hcp.serial")
 
 WRITE_TIMEOUT_S = 1.0
 READ_MAX = 4096
-# Bytes fed to the decoder at once.  protocol.serial.Decoder keeps at most
-# MAX_PENDING whole chunks and drops the oldest beyond that; the shortest
-# chunk it keeps is 2 bytes (one byte and the delimiter), so a slice this
-# size can never make it drop one.
-FEED_MAX = wire.MAX_PENDING * 2
 
 
 class _Port:
@@ -136,17 +131,16 @@ class SerialTransport:
         p.failures = 0
         self.bytes_in += len(data)
         inbox, dec = self.inbox, p.dec
-        for i in range(0, len(data), FEED_MAX):
-            dec.receive_data(data[i : i + FEED_MAX])
-            while True:
-                try:
-                    fr = dec.next_event()
-                except errors.ProtocolError as e:
-                    inbox.put(Bad(p.path, refusal_reason(e)))
-                    continue
-                if fr is None:
-                    break
-                inbox.put(Received(p.path, fr, True, self))
+        dec.receive_data(data)
+        while True:
+            try:
+                fr = dec.next_event()
+            except errors.ProtocolError as e:
+                inbox.put(Bad(p.path, refusal_reason(e)))
+                continue
+            if fr is None:
+                break
+            inbox.put(Received(p.path, fr, True, self))
 
     def send(self, source: str, terminal_id: int, frame: bytes) -> bool:
         p = self.ports.get(source)

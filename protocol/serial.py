@@ -6,9 +6,11 @@ receiver (h11 style): ``receive_data(bytes)`` any number of times, then
 frame's bytes (not yet authenticated: see frame.unseal) or raises a FrameError
 subclass for one damaged or over-long chunk, after which it is ready for the
 next call: garbage costs at most the chunk it is in, and a good frame after
-the next 0x00 always decodes.  Memory is bounded: a partial chunk never grows
-past MAX_WIRE bytes; longer runs are dropped up to the next delimiter and
-reported once as FrameTooLong.
+the next 0x00 always decodes.  Memory is bounded as in h11: the incomplete
+chunk never grows past MAX_WIRE bytes (longer runs are dropped up to the next
+delimiter and reported once as FrameTooLong); complete chunks wait for
+next_event and are never dropped, so they take no more room than the reads the
+caller fed in since it last drained the decoder.
 """
 
 from haochaping.protocol import cobs
@@ -20,7 +22,6 @@ CRC_LEN = 2
 DELIMITER = 0
 # COBS adds one byte per started 254; +1 for the block code at the end.
 MAX_WIRE = MAX_FRAME + CRC_LEN + (MAX_FRAME + CRC_LEN) // 254 + 1  # without the delimiter
-MAX_PENDING = 64  # complete chunks buffered before next_event must be called
 
 
 def encode(frame):
@@ -47,8 +48,6 @@ class Decoder:
         self._discarding = False  # inside an over-long run, until the next 0x00
         self._ready = []  # complete chunks, or FrameTooLong markers
         self.dropped_bytes = 0  # bytes thrown away inside over-long runs
-        self.lost_chunks = 0  # chunks dropped because next_event was not called
-        self._lost_unreported = False
 
     def receive_data(self, data):
         start = 0
@@ -64,30 +63,18 @@ class Decoder:
                     self.dropped_bytes += len(self._partial)
                     self._partial = bytearray()
                     self._discarding = True
-                    self._push(FrameTooLong("no delimiter within %d bytes" % MAX_WIRE))
+                    self._ready.append(FrameTooLong("no delimiter within %d bytes" % MAX_WIRE))
             if z < 0:
                 break
             if self._discarding:
                 self._discarding = False
             elif self._partial:
-                self._push(bytes(self._partial))
+                self._ready.append(bytes(self._partial))
                 self._partial = bytearray()
             start = z + 1
 
-    def _push(self, item):
-        if len(self._ready) >= MAX_PENDING:
-            # The caller is not draining events: the oldest chunk goes, and
-            # the next call to next_event reports the loss.
-            self._ready.pop(0)
-            self.lost_chunks += 1
-            self._lost_unreported = True
-        self._ready.append(item)
-
     def next_event(self):
         """One frame's bytes, or None when more data is needed."""
-        if self._lost_unreported:
-            self._lost_unreported = False
-            raise FrameError("decoder backlog over %d chunks; oldest dropped" % MAX_PENDING)
         if not self._ready:
             return None
         item = self._ready.pop(0)
@@ -97,4 +84,10 @@ class Decoder:
 
     @property
     def buffered(self):
+        """Bytes of the incomplete chunk (never more than MAX_WIRE)."""
         return len(self._partial)
+
+    @property
+    def pending(self):
+        """Complete chunks waiting for next_event."""
+        return len(self._ready)

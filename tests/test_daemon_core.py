@@ -206,18 +206,6 @@ def test_sessions_survive_restart(tmp_path):
     assert store.conn.execute("SELECT case_id FROM ratings").fetchone()[0] == 3
 
 
-def test_fast_key_is_the_same_hmac():
-    import os
-
-    from haochaping.daemon.core import FastKey
-
-    for n in (0, 1, 55, 64, 200):
-        k = os.urandom(32)
-        d = os.urandom(n)
-        assert FastKey(k).mac(d) == Key(k).mac(d) == Key(k).mac_portable(d)
-        assert FastKey(k).tag(d) == Key(k).tag(d)
-
-
 def test_old_sessions_are_pruned(tmp_path):
     from haochaping.daemon import core as core_mod
 

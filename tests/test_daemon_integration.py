@@ -101,8 +101,8 @@ def test_fifty_terminals_mixed_exactly_once(hall):
 
 
 def test_serial_burst_is_not_dropped(hall):
-    """300 frames in one write: far more than the decoder's MAX_PENDING chunks
-    in one read; every one is taken without a resend."""
+    """300 frames in one write, so several frames per read: every one is
+    taken without a resend."""
     t = FakeTerminal(0x1F00, make_key(77))
     provision(hall["db"], [t])
     d = DaemonProcess(hall["cfg"], hall["tmp"]).start()

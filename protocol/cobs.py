@@ -31,21 +31,30 @@ def encode(data):
 
 
 def decode(data):
-    out = bytearray()
+    # Every code byte but the first stands where the decoded data has a zero,
+    # except after a 0xFF block, which implies none: so the output is the
+    # input with those code bytes zeroed and the rest dropped.  The loop runs
+    # once per block, not per byte.
     n = len(data)
+    if n == 0:
+        return b""
+    if b"\x00" in data:
+        raise FrameError("COBS: zero byte inside a frame")
+    out = bytearray(data)
+    drop = [0]
     i = 0
-    while i < n:
-        code = data[i]
-        if code == 0:
-            raise FrameError("COBS: zero byte inside a frame")
-        end = i + code
-        if end > n:
+    while True:
+        nxt = i + data[i]
+        if nxt > n:
             raise FrameError("COBS: block runs past the end of the frame")
-        block = data[i + 1 : end]
-        if b"\x00" in block:
-            raise FrameError("COBS: zero byte inside a frame")
-        out.extend(block)
-        i = end
-        if code != 0xFF and i < n:
-            out.append(0)
-    return bytes(out)
+        if nxt == n:
+            break
+        if data[i] == 0xFF:
+            drop.append(nxt)
+        else:
+            out[nxt] = 0
+        i = nxt
+    if len(drop) == 1:
+        return bytes(out[1:])
+    drop.append(n)
+    return b"".join(bytes(out[drop[k] + 1 : drop[k + 1]]) for k in range(len(drop) - 1))

@@ -23,8 +23,8 @@ def firmware() -> None:
 def build(out: Path) -> None:
     """Compile every firmware and protocol module with mpy-cross into a bundle
     (plus boot.py, main.py and config.template.json) and print its size."""
-    from haochaping.firmware.bundle import BundleError
-    from haochaping.firmware.bundle import build as do_build
+    from haochaping.firmware_bundle import BundleError
+    from haochaping.firmware_bundle import build as do_build
 
     try:
         m = do_build(out)
@@ -53,8 +53,8 @@ def build(out: Path) -> None:
 )
 def deploy(port: str, bundle: Path, config_file: Path | None) -> None:
     """Copy the bundle to a board with mpremote, then reset it."""
-    from haochaping.firmware.bundle import BundleError
-    from haochaping.firmware.bundle import deploy as do_deploy
+    from haochaping.firmware_bundle import BundleError
+    from haochaping.firmware_bundle import deploy as do_deploy
 
     try:
         do_deploy(bundle, port, config_file)

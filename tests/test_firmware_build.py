@@ -35,7 +35,7 @@ def test_build_bundle(tmp_path: Path) -> None:
         assert data[:2] == b"M\x06", mod  # mpy v6
         assert f"haochaping/firmware/{mod}.py".encode() in data  # board path embedded
         assert str(Path.cwd()).encode() not in data and b"/work/" not in data
-    for host_only in ("board_sim", "bundle", "tabledoc"):
+    for host_only in ("board_sim", "tabledoc"):
         assert not (out / "lib" / "haochaping" / "firmware" / f"{host_only}.mpy").exists()
     assert (out / "main.py").exists() and (out / "boot.py").exists()
     tmpl = (out / "config.template.json").read_text()
@@ -52,7 +52,7 @@ def test_deploy_without_a_board_says_so(tmp_path: Path) -> None:
 
 def test_bundle_runs_on_micropython(micropython, tmp_path: Path) -> None:
     """The compiled bundle (not the sources) imports and runs a press."""
-    from haochaping.firmware.bundle import build
+    from haochaping.firmware_bundle import build
 
     out = tmp_path / "b"
     build(out)

@@ -6,8 +6,8 @@
       lib/haochaping/**.mpy          every module compiled by mpy-cross
       manifest.json                  files, sizes, mpy-cross version
 
-Simulator-only and host-only modules (board_sim, bundle, the protocol's
-benchmark and vector runner) stay out.
+Simulator-only and host-only modules (board_sim, tabledoc, the protocol's
+benchmark, vector runner and JSON fields) stay out.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import haochaping
 import haochaping.firmware as _fw
 import haochaping.protocol as _proto
 
-import haochaping
-
 HOST_ONLY = {
-    "firmware": {"bundle", "board_sim", "main", "boot", "tabledoc"},
+    "firmware": {"board_sim", "main", "boot", "tabledoc"},
     "protocol": {"benchmark", "vectors", "fields"},
 }
 

@@ -185,3 +185,45 @@ def transport(cfg, machine, uart_default=None):
 
 def free_heap():
     return gc.mem_free()
+
+
+class MachineBoard:
+    """The board interface (as board_sim.SimBoard) on ``machine`` pins: what
+    the ESP32 and RP2 adapters share once they have chosen pins, a buzzer and
+    the watchdog time-out."""
+
+    def __init__(self, machine, cfg, name, pins, buzzer, wdt_ms, journal_path):
+        self._machine = machine
+        self.name = name
+        P = machine.Pin
+        self._buttons = PinButtons([P(n, P.IN, P.PULL_UP) for n in pins["buttons"]], machine)
+        leds = [P(n, P.OUT, value=0) for n in pins["leds"]]
+        self.feedback = Feedback(leds, buzzer)
+        self.transport = transport(cfg, machine, pins.get("uart"))
+        self._journal_path = journal_path
+        self._now = 0
+        self.wdt = machine.WDT(timeout=wdt_ms)
+
+    def reset_cause(self):
+        return self._machine.reset_cause()
+
+    def journal_file(self):
+        from haochaping.firmware.journal import open_file
+
+        return open_file(self._journal_path)
+
+    def read_buttons(self):
+        return self._buttons.mask()
+
+    def show(self, pattern, button, terminal):
+        self.feedback.show(pattern, button, self._now)
+
+    def tick(self, now):
+        self._now = now
+        self.feedback.tick(now)
+
+    def feed(self):
+        self.wdt.feed()
+
+    def free_heap(self):
+        return free_heap()

@@ -8,7 +8,6 @@ Buttons are active-low with the internal pull-ups; LEDs active-high through
 
 import machine
 from haochaping.firmware import board_common
-from haochaping.firmware.journal import open_file as open_journal
 
 # ESP32-S3-DevKitC-1: no strapping pins (0, 3, 45, 46) and not the USB or
 # UART0 pins.  UART1 on 12 (TX) / 13 (RX) for an auto-direction RS-485 module.
@@ -25,39 +24,9 @@ PINS_C3 = {"buttons": (0, 1, 3, 4, 5), "leds": (6, 7, 10, 20, 21), "buzzer": 2, 
 JOURNAL = "/journal.bin"
 
 
-class Board:
+class Board(board_common.MachineBoard):
     def __init__(self, cfg, name="esp32s3"):
         pins = cfg.get("pins") or (PINS_C3 if name == "esp32c3" else PINS_S3)
-        self.name = name
-        P = machine.Pin
-        self._buttons = board_common.PinButtons(
-            [P(n, P.IN, P.PULL_UP) for n in pins["buttons"]], machine
-        )
-        leds = [P(n, P.OUT, value=0) for n in pins["leds"]]
-        buz = machine.PWM(P(pins["buzzer"]), freq=board_common.BEEP_HZ, duty_u16=0)
-        self.feedback = board_common.Feedback(leds, buz)
-        self.transport = board_common.transport(cfg, machine, pins.get("uart"))
-        self._now = 0
-        self.wdt = machine.WDT(timeout=cfg.get("wdt_ms", 8000))
-
-    def reset_cause(self):
-        return machine.reset_cause()
-
-    def journal_file(self):
-        return open_journal(JOURNAL)
-
-    def read_buttons(self):
-        return self._buttons.mask()
-
-    def show(self, pattern, button, terminal):
-        self.feedback.show(pattern, button, self._now)
-
-    def tick(self, now):
-        self._now = now
-        self.feedback.tick(now)
-
-    def feed(self):
-        self.wdt.feed()
-
-    def free_heap(self):
-        return board_common.free_heap()
+        buz = machine.PWM(machine.Pin(pins["buzzer"]), freq=board_common.BEEP_HZ, duty_u16=0)
+        wdt_ms = cfg.get("wdt_ms", 8000)
+        board_common.MachineBoard.__init__(self, machine, cfg, name, pins, buz, wdt_ms, JOURNAL)

@@ -21,6 +21,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from haochaping.daemon import chain
+
 FORMAT = "hcp-uplink/1"
 MAX_RECORDS = 5000  # records in one batch
 MAX_ANNOTATIONS = 5000  # annotations in one batch
@@ -42,20 +44,8 @@ def _text(desc: str, nullable: bool = True, max_len: int = TEXT_MAX) -> dict[str
     }
 
 
-# Columns of the local ratings row that the chain covers (daemon/chain.py FIELDS).
-_ORIGIN_FIELDS = (
-    "id",
-    "terminal_id",
-    "seq",
-    "level",
-    "reason",
-    "flags",
-    "session",
-    "device_time",
-    "uptime_ms",
-    "boot",
-    "received_ms",
-)
+# Columns of the local ratings row that the chain covers.
+_ORIGIN_FIELDS = chain.FIELDS
 
 RECORD: dict[str, Any] = {
     "type": "object",

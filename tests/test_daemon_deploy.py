@@ -34,12 +34,16 @@ def _analyze() -> str:
     return exe  # type: ignore[return-value]
 
 
-def test_unit_verifies(tmp_path):
+UNITS = ["haochaping.service", "haochaping-uplink.service"]
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_unit_verifies(tmp_path, name):
     exe = _analyze()
     # /usr/bin/hcp exists on an installed system; here the venv's hcp stands in
     hcp = Path(sys.executable).parent / "hcp"
-    unit = tmp_path / "haochaping.service"
-    unit.write_text((DEPLOY / "haochaping.service").read_text().replace("/usr/bin/hcp", str(hcp)))
+    unit = tmp_path / name
+    unit.write_text((DEPLOY / name).read_text().replace("/usr/bin/hcp", str(hcp)))
     r = subprocess.run([exe, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
     text = unit.read_text()
@@ -48,15 +52,27 @@ def test_unit_verifies(tmp_path):
         assert line in text
 
 
-def test_unit_security_score():
+def test_uplink_unit_shares_the_daemons_user_and_database():
+    # DynamicUser allocates one user per name: the daemon's unit is named
+    # haochaping, so the uplink must run as User=haochaping to open its files.
+    daemon = (DEPLOY / "haochaping.service").read_text()
+    uplink = (DEPLOY / "haochaping-uplink.service").read_text()
+    assert "User=" not in daemon.replace("DynamicUser=", "")
+    assert "\nUser=haochaping\n" in uplink
+    db = re.search(r'^path = "(.+)"', (DEPLOY / "haochaping.toml").read_text(), re.M)
+    assert db and f"--db {db.group(1)} " in uplink
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_unit_security_score(name):
     exe = _analyze()
-    r = subprocess.run([exe, "security", "--offline=yes", str(DEPLOY / "haochaping.service")],
+    r = subprocess.run([exe, "security", "--offline=yes", str(DEPLOY / name)],
                        capture_output=True, text=True, timeout=60)  # fmt: skip
-    m = re.search(r"Overall exposure level for haochaping.service: ([0-9.]+)", r.stdout)
+    m = re.search(rf"Overall exposure level for {re.escape(name)}: ([0-9.]+)", r.stdout)
     assert m, r.stdout[-500:] + r.stderr
     assert float(m.group(1)) <= SCORE_MAX
     ops = (ROOT / "docs" / "operations.md").read_text()
-    assert f"exposure level {m.group(1)}" in ops, "docs/operations.md must record the score"
+    assert f"`{name}`: exposure level {m.group(1)}" in ops, "docs/operations.md must record the score"
 
 
 def test_example_config_loads(tmp_path):

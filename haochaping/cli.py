@@ -96,11 +96,19 @@ def bench_protocol(as_json: bool, seconds: float) -> None:
             click.echo(f"{k:>24}: {v}")
 
 
-from haochaping.cmd_daemon import daemon as _dm, ingest as _ingest; main.add_command(_dm); bench.add_command(_ingest)  # noqa: E402,E702,I001
+# Each part's commands live beside it (cmd_*.py); registered here so that
+# `hcp --help` lists them all.
+from haochaping.cmd_daemon import daemon as _daemon  # noqa: E402
+from haochaping.cmd_daemon import ingest as _bench_ingest  # noqa: E402
+from haochaping.cmd_firmware import firmware as _firmware  # noqa: E402
+from haochaping.cmd_sim import sim as _sim  # noqa: E402
+from haochaping.cmd_uplink import register as _register_uplink  # noqa: E402
 
-from haochaping.cmd_uplink import register as _uplink_register; _uplink_register(main)  # noqa: E402,E702,I001
-from haochaping.cmd_sim import sim as _sim; main.add_command(_sim)  # noqa: E402,E702,I001
-from haochaping.cmd_firmware import firmware as _fw; main.add_command(_fw)  # noqa: E402,E702,I001
+main.add_command(_daemon)
+bench.add_command(_bench_ingest)
+main.add_command(_firmware)
+main.add_command(_sim)
+_register_uplink(main)
 
 if __name__ == "__main__":
     main()

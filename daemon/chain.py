@@ -45,3 +45,17 @@ def next_hash(prev: bytes, rating: Mapping[str, Any]) -> bytes:
     if len(prev) != 32:
         raise ValueError("a chain value is 32 bytes")
     return hashlib.sha256(prev + canonical(rating)).digest()
+
+
+# The same canonical form for the ingest's hot path: FIELDS' values as a
+# tuple of ints, only ``session`` (index 6) may be None.  One format instead
+# of a loop: 0.9 µs a rating instead of 1.7 (tests/test_daemon_store.py checks
+# it against canonical()).
+_FORMAT = "%d|%d|%d|%d|%d|%d|%s|%d|%d|%d|%d"
+
+
+def next_hash_values(prev: bytes, v: tuple[Any, ...]) -> bytes:
+    """``next_hash(prev, dict(zip(FIELDS, v)))`` for int values (session may be None)."""
+    c = _FORMAT % (v[0], v[1], v[2], v[3], v[4], v[5], "" if v[6] is None else int(v[6]),
+                   v[7], v[8], v[9], v[10])  # fmt: skip
+    return hashlib.sha256(prev + c.encode()).digest()

@@ -225,6 +225,15 @@ class Stored:
 
 
 @dataclass(slots=True)
+class Staged:
+    """A group written inside an open transaction, not yet committed."""
+
+    stored: list[Stored]
+    last_id: int
+    last_chain: bytes
+
+
+@dataclass(slots=True)
 class TerminalRecord:
     id: int
     key: bytes = field(repr=False)
@@ -240,6 +249,12 @@ def _is_full(e: sqlite3.Error) -> bool:
     if code == SQLITE_FULL:
         return True
     return "database or disk is full" in str(e)
+
+
+def _store_error(e: sqlite3.Error, what: str) -> StoreError:
+    if _is_full(e):
+        return StoreFull("the database is full (disk or size limit): nothing committed")
+    return StoreError(f"{what}: {e}")
 
 
 class Store:
@@ -417,98 +432,134 @@ class Store:
         Each rating is new (gets the next id and chain value, its annotations
         and, for level <= 2, an alert) or a duplicate of a stored
         (terminal_id, seq) (id None, nothing written).  On any error nothing
-        is written; StoreFull for a full disk.
+        is written; StoreFull for a full disk.  ``begin`` + ``stage`` +
+        ``finish``, which the daemon calls apart (see service.py).
         """
+        self.begin()
+        return self.finish(self.stage(ratings, now_ms, terminal_updates, boots, refusals))
+
+    def begin(self) -> None:
+        """Open a group's write transaction (BEGIN IMMEDIATE: waits up to
+        BUSY_TIMEOUT_MS for another writer, such as the uplink)."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise _store_error(e, "commit failed") from e
+
+    def stage(
+        self,
+        ratings: Sequence[NewRating],
+        now_ms: int,
+        terminal_updates: dict[int, dict[str, Any]] | None = None,
+        boots: Iterable[tuple[int, int, int]] = (),
+        refusals: Iterable[tuple[int, str, int | None, str]] = (),
+    ) -> Staged:
+        """Write a group inside the transaction ``begin`` opened.  Nothing is
+        durable (and nothing may be acknowledged) before ``finish``.  On an
+        error the transaction is rolled back and StoreFull/StoreError raised."""
+        try:
+            staged = self._write_ratings(ratings, now_ms)
+            c = self.conn
+            for tid, upd in (terminal_updates or {}).items():
+                keys = [k for k in upd if k in _TERMINAL_UPDATABLE]
+                if keys:
+                    c.execute(
+                        "UPDATE terminals SET {} WHERE id = ?".format(
+                            ", ".join(f"{k} = ?" for k in keys)
+                        ),
+                        [upd[k] for k in keys] + [tid],
+                    )
+            c.executemany(
+                "INSERT INTO boots (terminal_id, boot, start_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET start_ms = excluded.start_ms",
+                boots,
+            )
+            c.executemany(
+                "INSERT INTO refusals (at_ms, source, terminal_id, reason) VALUES (?, ?, ?, ?)",
+                refusals,
+            )
+            return staged
+        except BaseException as e:
+            self._rollback()
+            if isinstance(e, sqlite3.Error):
+                raise _store_error(e, "commit failed") from e
+            raise
+
+    def finish(self, staged: Staged) -> list[Stored]:
+        """COMMIT the staged group (the fsync): once this returns, it is durable."""
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._rollback()
+            raise _store_error(e, "commit failed") from e
+        self._last_id, self._last_chain = staged.last_id, staged.last_chain
+        return staged.stored
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def _write_ratings(self, ratings: Sequence[NewRating], now_ms: int) -> Staged:
+        c = self.conn
+        last_id, last_chain = self._last_id, self._last_chain
+        rows = []
+        for r in ratings:
+            last_id += 1
+            last_chain = chain.next_hash_values(
+                last_chain,
+                (last_id, r.terminal_id, r.seq, r.level, r.reason, r.flags, r.session,
+                 r.device_time, r.uptime_ms, r.boot, now_ms),
+            )  # fmt: skip
+            rows.append(
+                (last_id, r.terminal_id, r.seq, r.level, r.reason, r.flags, r.session, r.case_id,
+                 r.device_time, r.uptime_ms, r.boot, now_ms, r.assess_ms, r.time_quality,
+                 last_chain)
+            )  # fmt: skip
+        # Fast path: every rating is new (the usual case), one executemany.
+        # A duplicate (a resend) shifts the ids and chain values after it, so
+        # the group is undone to the savepoint and written row by row.
+        c.execute("SAVEPOINT grp")
+        if c.executemany(_INSERT_RATING, rows).rowcount == len(rows):
+            c.execute("RELEASE grp")
+            stored = [Stored(r, row[0]) for r, row in zip(ratings, rows, strict=True)]
+        else:
+            c.execute("ROLLBACK TO grp")
+            c.execute("RELEASE grp")
+            stored, last_id, last_chain = self._write_one_by_one(ratings, now_ms)
+        c.executemany(
+            "INSERT INTO annotations (rating_id, kind, value, created_ms) VALUES (?, 'flag', ?, ?)",
+            [(s.id, v, now_ms) for s in stored if s.id is not None for v in s.rating.flags_found],
+        )
+        c.executemany(
+            "INSERT INTO alerts (rating_id, created_ms) VALUES (?, ?)",
+            [(s.id, now_ms) for s in stored if s.id is not None and s.rating.level <= 2],
+        )
+        return Staged(stored, last_id, last_chain)
+
+    def _write_one_by_one(
+        self, ratings: Sequence[NewRating], now_ms: int
+    ) -> tuple[list[Stored], int, bytes]:
+        c = self.conn
         out: list[Stored] = []
         last_id, last_chain = self._last_id, self._last_chain
-        c = self.conn
-        try:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                for r in ratings:
-                    rid = last_id + 1
-                    row = {
-                        "id": rid,
-                        "terminal_id": r.terminal_id,
-                        "seq": r.seq,
-                        "level": r.level,
-                        "reason": r.reason,
-                        "flags": r.flags,
-                        "session": r.session,
-                        "device_time": r.device_time,
-                        "uptime_ms": r.uptime_ms,
-                        "boot": r.boot,
-                        "received_ms": now_ms,
-                    }
-                    h = chain.next_hash(last_chain, row)
-                    cur = c.execute(
-                        _INSERT_RATING,
-                        (
-                            rid,
-                            r.terminal_id,
-                            r.seq,
-                            r.level,
-                            r.reason,
-                            r.flags,
-                            r.session,
-                            r.case_id,
-                            r.device_time,
-                            r.uptime_ms,
-                            r.boot,
-                            now_ms,
-                            r.assess_ms,
-                            r.time_quality,
-                            h,
-                        ),  # fmt: skip
-                    )
-                    if cur.rowcount != 1:
-                        out.append(Stored(r, None))
-                        continue
-                    last_id, last_chain = rid, h
-                    for v in r.flags_found:
-                        c.execute(
-                            "INSERT INTO annotations (rating_id, kind, value, created_ms) VALUES (?, 'flag', ?, ?)",
-                            (rid, v, now_ms),
-                        )
-                    if r.level <= 2:
-                        c.execute(
-                            "INSERT INTO alerts (rating_id, created_ms) VALUES (?, ?)",
-                            (rid, now_ms),
-                        )
-                    out.append(Stored(r, rid))
-                for tid, upd in (terminal_updates or {}).items():
-                    keys = [k for k in upd if k in _TERMINAL_UPDATABLE]
-                    if keys:
-                        c.execute(
-                            "UPDATE terminals SET {} WHERE id = ?".format(
-                                ", ".join(f"{k} = ?" for k in keys)
-                            ),
-                            [upd[k] for k in keys] + [tid],
-                        )
-                for tid, boot, start in boots:
-                    c.execute(
-                        "INSERT INTO boots (terminal_id, boot, start_ms) VALUES (?, ?, ?) "
-                        "ON CONFLICT DO UPDATE SET start_ms = excluded.start_ms",
-                        (tid, boot, start),
-                    )
-                for at, source, tid_or_none, reason in refusals:
-                    c.execute(
-                        "INSERT INTO refusals (at_ms, source, terminal_id, reason) VALUES (?, ?, ?, ?)",
-                        (at, source, tid_or_none, reason),
-                    )
-                c.execute("COMMIT")
-            except BaseException:
-                if c.in_transaction:
-                    c.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            if _is_full(e):
-                raise StoreFull(
-                    "the database is full (disk or size limit): nothing committed"
-                ) from e
-            raise StoreError(f"commit failed: {e}") from e
-        self._last_id, self._last_chain = last_id, last_chain
-        return out
+        for r in ratings:
+            rid = last_id + 1
+            h = chain.next_hash_values(
+                last_chain,
+                (rid, r.terminal_id, r.seq, r.level, r.reason, r.flags, r.session,
+                 r.device_time, r.uptime_ms, r.boot, now_ms),
+            )  # fmt: skip
+            cur = c.execute(
+                _INSERT_RATING,
+                (rid, r.terminal_id, r.seq, r.level, r.reason, r.flags, r.session, r.case_id,
+                 r.device_time, r.uptime_ms, r.boot, now_ms, r.assess_ms, r.time_quality, h),
+            )  # fmt: skip
+            if cur.rowcount != 1:
+                out.append(Stored(r, None))
+                continue
+            last_id, last_chain = rid, h
+            out.append(Stored(r, rid))
+        return out, last_id, last_chain
 
     def annotate(self, rating_id: int, kind: str, value: str, now_ms: int) -> int:
         if kind not in ("review", "flag"):

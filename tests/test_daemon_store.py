@@ -17,6 +17,8 @@ from haochaping.daemon.store import (
     StoreError,
     StoreFull,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 KEY = bytes(range(32))
 
@@ -67,6 +69,45 @@ def test_group_commit_dedupes_chains_and_alerts(tmp_path):
     s = Store(tmp_path / "h.db")
     assert [r.id for r in s.commit([rating(7, 4)], 7000)] == [4]
     assert s.verify_chain() is None
+
+
+def test_a_duplicate_in_a_group_falls_back_row_by_row(tmp_path):
+    """The fast path (one executemany) and the row-by-row path after a
+    duplicate give the same ids, chain, annotations and alerts."""
+    s = Store(tmp_path / "h.db")
+    s.commit([rating(7, 3)], 1)
+    group = [rating(7, 1, level=2, flags_found=["a"]), rating(7, 2), rating(7, 3),
+             rating(7, 4, level=1, flags_found=["b", "c"])]  # fmt: skip
+    res = s.commit(group, 2)
+    assert [r.id for r in res] == [2, 3, None, 4]
+    assert s.conn.execute("SELECT rating_id, value FROM annotations ORDER BY id").fetchall() == [
+        (2, "a"), (4, "b"), (4, "c")]  # fmt: skip
+    assert [r[0] for r in s.conn.execute("SELECT rating_id FROM alerts ORDER BY id")] == [2, 4]
+    assert s.verify_chain() is None
+    # the next group takes the fast path and goes on from id 4's chain value
+    assert [r.id for r in s.commit([rating(7, 5), rating(7, 6)], 3)] == [5, 6]
+    assert s.verify_chain() is None
+
+
+def test_staged_group_is_not_durable_until_finish(tmp_path):
+    s = Store(tmp_path / "h.db")
+    other = Store(tmp_path / "h.db", readonly=True)
+    s.begin()
+    staged = s.stage([rating(1, 1)], 1)
+    assert other.count("ratings") == 0  # written, not committed
+    assert [r.id for r in s.finish(staged)] == [1]
+    assert other.count("ratings") == 1
+
+
+@given(
+    st.tuples(*[st.integers(0, 2**63 - 1)] * 6, st.none() | st.integers(0, 2**32 - 1),
+              *[st.integers(0, 2**63 - 1)] * 4),  # fmt: skip
+    st.binary(min_size=32, max_size=32),
+)
+def test_chain_fast_path_is_the_canonical_form(values, prev):
+    assert chain.next_hash_values(prev, values) == chain.next_hash(
+        prev, dict(zip(chain.FIELDS, values, strict=True))
+    )
 
 
 def test_ratings_are_append_only(tmp_path):

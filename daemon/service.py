@@ -3,11 +3,12 @@
 What it is for: run the hall unattended.  One asyncio loop owns the core;
 transports hand it frames through the Inbox; every pass of the ingest loop
 takes what has arrived (up to ``commit_max`` ratings), runs it through the
-core, commits the whole group in ONE SQLite transaction on the store's own
-thread, and only then sends the ACKs the core returns.  While a commit runs,
-the next group gathers: durability costs one fsync per group.
+core, commits the whole group in ONE SQLite transaction (inserts on the loop
+thread, BEGIN and COMMIT on the store's thread), and only then sends the ACKs
+the core returns.  While a COMMIT syncs, the next group gathers: durability
+costs one fsync per group.
 
-What it must never do: send an ACK before ``Store.commit`` returned; drop a
+What it must never do: send an ACK before the group's COMMIT returned; drop a
 rating (on a full disk it stops acknowledging, raises the ``store_full``
 alarm and tells terminals to keep their journals); log a key or a contact.
 
@@ -101,6 +102,9 @@ class Daemon:
         self.transports: dict[str, Transport] = {}
         self._refusal_seen: dict[tuple[str, str], int] = {}
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="store")
+        # One writer on the store's connection at a time: a group commit or
+        # one _on_store call (API writes, reloads).
+        self.write_lock = asyncio.Lock()
         self.store: Store | None = None
         self.reader: Store | None = None
         self.core: Core | None = None
@@ -117,7 +121,11 @@ class Daemon:
         return self.cfg.max_db_mb * 1024 * 1024 // 4096
 
     async def _on_store(self, fn: Any, *args: Any) -> Any:
-        """Run a store call on the store's one thread (all writes go there)."""
+        """Run a store call on the store's thread, holding the write lock."""
+        async with self.write_lock:
+            return await self._store_thread(fn, *args)
+
+    async def _store_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _open(self) -> None:
@@ -263,8 +271,19 @@ class Daemon:
         if not (rows or upd or boots or refusals):
             return
         t0 = time.perf_counter()
+        store = self.store
         try:
-            stored = await self._on_store(self.store.commit, rows, t, upd, boots, refusals)
+            async with self.write_lock:
+                # BEGIN (which may wait for the uplink's write) and COMMIT
+                # (the fsync) run on the store's thread, so a slow disk never
+                # stalls the loop.  The inserts run here on the loop thread:
+                # on the store's thread every sqlite3_step gave the GIL away
+                # to the loop (paho, serial reads) and had to win it back,
+                # which made the group commits of a drain 5x slower
+                # (docs/benchmarks.md).
+                await self._store_thread(store.begin)
+                staged = store.stage(rows, t, upd, boots, refusals)
+                stored = await self._store_thread(store.finish, staged)
         except StoreFull:
             core.restore_updates(upd, boots)
             self.metrics["store_full_events"] += 1

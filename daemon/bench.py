@@ -323,3 +323,67 @@ def _run_serial(work: Path, n_terms: int, n_ratings: int, per_frame: int) -> dic
             p.close()
     _check(db, n_ratings)
     return _result("serial", n_terms, n_ratings, ours_s, base_s)
+
+
+def core_costs(terminals: int = 50, ratings: int = 20000, per_frame: int = 1,
+               group: int = 2000) -> dict[str, Any]:  # fmt: skip
+    """``hcp bench core``: µs a rating spent in the core and the store alone,
+    with no transport, on a real SQLite file (synchronous=FULL): what the
+    serial and MQTT figures above are made of.  Frames of ``terminals`` fake
+    terminals, interleaved as a broker delivers them, in groups of ``group``
+    (the daemon's group commit): ``core.receive``, ``Store.commit`` (chain,
+    inserts, one fsync a group) and ``core.committed`` (the ACKs)."""
+    from haochaping.daemon.core import Core
+    from haochaping.daemon.store import Store
+
+    if terminals < 1 or ratings < terminals:
+        raise BenchError("need at least one terminal and one rating per terminal")
+    if not 1 <= per_frame <= 11:
+        raise BenchError("--per-frame is 1..11")
+    with tempfile.TemporaryDirectory(prefix="hcp-bench-") as tmp:
+        terms = [FakeTerminal(0x7000 + i, make_key(i, 7)) for i in range(terminals)]
+        db = Path(tmp) / "hall.db"
+        provision(db, terms)
+        queues = []
+        for t, k in zip(terms, _split(ratings, terminals), strict=True):
+            for i in range(k):
+                t.press(5 - i % 5, reason=1)
+            queues.append([t.hello()] + t.send_new(per_frame))
+        frames = [
+            (f"mqtt:{t.id:08x}", q[i])
+            for i in range(max(len(q) for q in queues))
+            for t, q in zip(terms, queues, strict=True)
+            if i < len(q)
+        ]
+        st = Store(db)
+        core = Core(st.start_terminals())
+        t_receive = t_commit = t_acks = 0.0
+        now = 1_764_000_000_000
+        for g in range(0, len(frames), group):
+            t0 = time.perf_counter()
+            rows = []
+            for src, data in frames[g : g + group]:
+                out = core.receive(src, data, now)
+                if out.refused:
+                    raise BenchError(f"the core refused a frame: {out.refused}")
+                rows.extend(out.store)
+            upd, boots = core.take_updates()
+            t1 = time.perf_counter()
+            stored = st.commit(rows, now, upd, boots)
+            t2 = time.perf_counter()
+            core.committed(stored, now)
+            t3 = time.perf_counter()
+            t_receive, t_commit, t_acks = t_receive + t1 - t0, t_commit + t2 - t1, t_acks + t3 - t2
+            now += 1000
+        st.close()
+        _check(db, ratings)
+    us = 1e6 / ratings
+    return {
+        "ratings": ratings,
+        "per_frame": per_frame,
+        "group": group,
+        "receive_us": round(t_receive * us, 2),
+        "commit_us": round(t_commit * us, 2),
+        "acks_us": round(t_acks * us, 2),
+        "total_us": round((t_receive + t_commit + t_acks) * us, 2),
+    }

@@ -98,6 +98,7 @@ def bench_protocol(as_json: bool, seconds: float) -> None:
 
 # Each part's commands live beside it (cmd_*.py); registered here so that
 # `hcp --help` lists them all.
+from haochaping.cmd_daemon import core as _bench_core  # noqa: E402
 from haochaping.cmd_daemon import daemon as _daemon  # noqa: E402
 from haochaping.cmd_daemon import ingest as _bench_ingest  # noqa: E402
 from haochaping.cmd_firmware import firmware as _firmware  # noqa: E402
@@ -106,6 +107,7 @@ from haochaping.cmd_uplink import register as _register_uplink  # noqa: E402
 
 main.add_command(_daemon)
 bench.add_command(_bench_ingest)
+bench.add_command(_bench_core)
 main.add_command(_firmware)
 main.add_command(_sim)
 _register_uplink(main)

@@ -1,4 +1,4 @@
-"""``hcp daemon`` (run the hall daemon) and ``hcp bench ingest``."""
+"""``hcp daemon`` (run the hall daemon), ``hcp bench ingest`` and ``hcp bench core``."""
 
 from __future__ import annotations
 
@@ -109,3 +109,24 @@ def ingest(transport: str, terminals: int, ratings: int, per_frame: int, as_json
     else:
         for k, v in result.items():
             click.echo(f"{k:>16}: {v}")
+
+
+@click.command("core")
+@click.option("--terminals", default=50, show_default=True)
+@click.option("--ratings", default=20000, show_default=True)
+@click.option("--per-frame", default=1, show_default=True, help="Ratings per frame.")
+@click.option("--group", default=2000, show_default=True, help="Frames per group commit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def core(terminals: int, ratings: int, per_frame: int, group: int, as_json: bool) -> None:
+    """µs per rating in the daemon's core and store alone (no transport)."""
+    from haochaping.daemon import bench
+
+    try:
+        result = bench.core_costs(terminals, ratings, per_frame, group)
+    except bench.BenchError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for k, v in result.items():
+            click.echo(f"{k:>12}: {v}")

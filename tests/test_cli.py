@@ -46,3 +46,16 @@ def test_bench_protocol_json_keys() -> None:
     assert set(out) == {"encode_per_s", "decode_per_s", "rating_frame_bytes", "drain_bytes_per_rating"}
     assert out["encode_per_s"] > 0 and out["decode_per_s"] > 0
     assert out["rating_frame_bytes"] <= 48 and out["drain_bytes_per_rating"] <= 24
+
+
+def test_bench_core_json_keys() -> None:
+    res = CliRunner().invoke(
+        main, ["bench", "core", "--json", "--terminals", "5", "--ratings", "200", "--group", "50"]
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert set(out) == {"ratings", "per_frame", "group", "receive_us", "commit_us", "acks_us",
+                        "total_us"}  # fmt: skip
+    assert out["ratings"] == 200 and out["receive_us"] > 0 and out["commit_us"] > 0
+    res = CliRunner().invoke(main, ["bench", "core", "--per-frame", "12"])
+    assert res.exit_code != 0 and "1..11" in res.output

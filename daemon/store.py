@@ -258,7 +258,8 @@ def _store_error(e: sqlite3.Error, what: str) -> StoreError:
 
 
 class Store:
-    """One SQLite file.  Use from one thread at a time (the daemon's committer)."""
+    """One SQLite file.  Use from one thread at a time: the daemon's writers
+    take turns under its write lock (service.py)."""
 
     def __init__(
         self, path: str | os.PathLike[str], *, max_pages: int | None = None, readonly: bool = False
@@ -518,6 +519,8 @@ class Store:
         # Fast path: every rating is new (the usual case), one executemany.
         # A duplicate (a resend) shifts the ids and chain values after it, so
         # the group is undone to the savepoint and written row by row.
+        if not rows:
+            return Staged([], last_id, last_chain)
         c.execute("SAVEPOINT grp")
         if c.executemany(_INSERT_RATING, rows).rowcount == len(rows):
             c.execute("RELEASE grp")

@@ -124,11 +124,22 @@ def _wait_acked(terms: list[FakeTerminal], proc: DaemonProcess) -> None:
         time.sleep(0.002)
 
 
-def run(transport: str, terminals: int, ratings: int, per_frame: int = 1) -> dict[str, Any]:
+def _check_args(terminals: int, ratings: int, per_frame: int) -> None:
     if terminals < 1 or ratings < terminals:
         raise BenchError("need at least one terminal and one rating per terminal")
     if not 1 <= per_frame <= 11:
         raise BenchError("--per-frame is 1..11")
+
+
+def _backlog(t: FakeTerminal, k: int, per_frame: int) -> list[bytes]:
+    """``k`` ratings pressed on ``t``, then its HELLO and their frames."""
+    for i in range(k):
+        t.press(5 - i % 5, reason=1)
+    return [t.hello()] + t.send_new(per_frame)
+
+
+def run(transport: str, terminals: int, ratings: int, per_frame: int = 1) -> dict[str, Any]:
+    _check_args(terminals, ratings, per_frame)
     with tempfile.TemporaryDirectory(prefix="hcp-bench-") as tmp:
         work = Path(tmp)
         if transport == "mqtt":
@@ -171,10 +182,7 @@ def _run_mqtt(work: Path, n_terms: int, n_ratings: int, per_frame: int) -> dict[
             messages = 0
             for t, k in zip(terms, _split(n_ratings, n_terms), strict=True):
                 hub.add(t)
-                frames = [t.hello()]
-                for i in range(k):
-                    t.press(5 - i % 5, reason=1)
-                frames += t.send_new(per_frame)
+                frames = _backlog(t, k, per_frame)
                 messages += len(frames)
                 infos += hub.publish(t.id, frames)
             for info in infos:
@@ -239,10 +247,7 @@ def _run_serial(work: Path, n_terms: int, n_ratings: int, per_frame: int) -> dic
         peers = [PtyPeer(t, ports) for t in terms]
         blobs = []
         for t, k in zip(terms, _split(n_ratings, n_terms), strict=True):
-            for i in range(k):
-                t.press(5 - i % 5, reason=1)
-            frames = [t.hello()] + t.send_new(per_frame)
-            blobs.append(b"".join(wire.encode(f) for f in frames))
+            blobs.append(b"".join(wire.encode(f) for f in _backlog(t, k, per_frame)))
         return terms, peers, blobs
 
     def pump(peers: list[PtyPeer], blobs: list[bytes]) -> list[threading.Thread]:
@@ -336,19 +341,15 @@ def core_costs(terminals: int = 50, ratings: int = 20000, per_frame: int = 1,
     from haochaping.daemon.core import Core
     from haochaping.daemon.store import Store
 
-    if terminals < 1 or ratings < terminals:
-        raise BenchError("need at least one terminal and one rating per terminal")
-    if not 1 <= per_frame <= 11:
-        raise BenchError("--per-frame is 1..11")
+    _check_args(terminals, ratings, per_frame)
     with tempfile.TemporaryDirectory(prefix="hcp-bench-") as tmp:
         terms = [FakeTerminal(0x7000 + i, make_key(i, 7)) for i in range(terminals)]
         db = Path(tmp) / "hall.db"
         provision(db, terms)
-        queues = []
-        for t, k in zip(terms, _split(ratings, terminals), strict=True):
-            for i in range(k):
-                t.press(5 - i % 5, reason=1)
-            queues.append([t.hello()] + t.send_new(per_frame))
+        queues = [
+            _backlog(t, k, per_frame)
+            for t, k in zip(terms, _split(ratings, terminals), strict=True)
+        ]
         frames = [
             (f"mqtt:{t.id:08x}", q[i])
             for i in range(max(len(q) for q in queues))

@@ -251,6 +251,17 @@ def _is_full(e: sqlite3.Error) -> bool:
     return "database or disk is full" in str(e)
 
 
+def _rating_row(rid: int, prev: bytes, r: NewRating, now_ms: int) -> tuple[Any, ...]:
+    """The _INSERT_RATING values of ``r`` as row ``rid`` after chain value ``prev``."""
+    h = chain.next_hash_values(
+        prev,
+        (rid, r.terminal_id, r.seq, r.level, r.reason, r.flags, r.session, r.device_time,
+         r.uptime_ms, r.boot, now_ms),
+    )  # fmt: skip
+    return (rid, r.terminal_id, r.seq, r.level, r.reason, r.flags, r.session, r.case_id,
+            r.device_time, r.uptime_ms, r.boot, now_ms, r.assess_ms, r.time_quality, h)  # fmt: skip
+
+
 def _store_error(e: sqlite3.Error, what: str) -> StoreError:
     if _is_full(e):
         return StoreFull("the database is full (disk or size limit): nothing committed")
@@ -506,21 +517,14 @@ class Store:
         rows = []
         for r in ratings:
             last_id += 1
-            last_chain = chain.next_hash_values(
-                last_chain,
-                (last_id, r.terminal_id, r.seq, r.level, r.reason, r.flags, r.session,
-                 r.device_time, r.uptime_ms, r.boot, now_ms),
-            )  # fmt: skip
-            rows.append(
-                (last_id, r.terminal_id, r.seq, r.level, r.reason, r.flags, r.session, r.case_id,
-                 r.device_time, r.uptime_ms, r.boot, now_ms, r.assess_ms, r.time_quality,
-                 last_chain)
-            )  # fmt: skip
+            row = _rating_row(last_id, last_chain, r, now_ms)
+            last_chain = row[-1]
+            rows.append(row)
+        if not rows:
+            return Staged([], last_id, last_chain)
         # Fast path: every rating is new (the usual case), one executemany.
         # A duplicate (a resend) shifts the ids and chain values after it, so
         # the group is undone to the savepoint and written row by row.
-        if not rows:
-            return Staged([], last_id, last_chain)
         c.execute("SAVEPOINT grp")
         if c.executemany(_INSERT_RATING, rows).rowcount == len(rows):
             c.execute("RELEASE grp")
@@ -547,20 +551,11 @@ class Store:
         last_id, last_chain = self._last_id, self._last_chain
         for r in ratings:
             rid = last_id + 1
-            h = chain.next_hash_values(
-                last_chain,
-                (rid, r.terminal_id, r.seq, r.level, r.reason, r.flags, r.session,
-                 r.device_time, r.uptime_ms, r.boot, now_ms),
-            )  # fmt: skip
-            cur = c.execute(
-                _INSERT_RATING,
-                (rid, r.terminal_id, r.seq, r.level, r.reason, r.flags, r.session, r.case_id,
-                 r.device_time, r.uptime_ms, r.boot, now_ms, r.assess_ms, r.time_quality, h),
-            )  # fmt: skip
-            if cur.rowcount != 1:
+            row = _rating_row(rid, last_chain, r, now_ms)
+            if c.execute(_INSERT_RATING, row).rowcount != 1:
                 out.append(Stored(r, None))
                 continue
-            last_id, last_chain = rid, h
+            last_id, last_chain = rid, row[-1]
             out.append(Stored(r, rid))
         return out, last_id, last_chain
 

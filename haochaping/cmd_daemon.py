@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -100,15 +101,7 @@ def ingest(transport: str, terminals: int, ratings: int, per_frame: int, as_json
     """Drain of a pre-queued backlog: committed-and-acknowledged ratings/s beside a bare baseline."""
     from haochaping.daemon import bench
 
-    try:
-        result = bench.run(transport, terminals, ratings, per_frame)
-    except bench.BenchError as e:
-        raise click.ClickException(str(e)) from None
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        for k, v in result.items():
-            click.echo(f"{k:>16}: {v}")
+    _bench(bench.run, (transport, terminals, ratings, per_frame), as_json, 16)
 
 
 @click.command("core")
@@ -121,12 +114,19 @@ def core(terminals: int, ratings: int, per_frame: int, group: int, as_json: bool
     """µs per rating in the daemon's core and store alone (no transport)."""
     from haochaping.daemon import bench
 
+    _bench(bench.core_costs, (terminals, ratings, per_frame, group), as_json, 12)
+
+
+def _bench(fn: Any, args: tuple[Any, ...], as_json: bool, width: int) -> None:
+    """Run a daemon benchmark; print its result as JSON or one key a line."""
+    from haochaping.daemon import bench
+
     try:
-        result = bench.core_costs(terminals, ratings, per_frame, group)
+        result = fn(*args)
     except bench.BenchError as e:
         raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(json.dumps(result))
     else:
         for k, v in result.items():
-            click.echo(f"{k:>12}: {v}")
+            click.echo(f"{k:>{width}}: {v}")

@@ -1,4 +1,4 @@
-"""The deterministic whole-system simulation (simulator/vopr.py).
+"""The deterministic whole-system simulation (simulator/vopr/).
 
 A few hundred seeds of the real firmware, daemon core + SQLite store, uplink
 and reference receiver under seeded faults must keep every invariant; a rule

@@ -1,0 +1,386 @@
+"""The engine: ``Sim`` runs one seed -- the event queue on the virtual clock,
+the scenario (windows post cases, citizens press), the turn of every actor,
+and the invariants (see the package docstring), checked while running and at
+the end.
+
+What it must never do: read a wall clock or the OS's randomness, or reach
+into the code under test beyond the calls its shells make.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from haochaping.daemon import keys
+from haochaping.daemon.store import Store
+from haochaping.firmware import terminal, ui
+from haochaping.protocol import messages, serial
+from haochaping.simulator import province
+from haochaping.simulator.vopr import province as province_actor
+from haochaping.simulator.vopr import terminal as terminal_actor
+from haochaping.simulator.vopr.daemon import Daemon
+from haochaping.simulator.vopr.plan import BUGS, Plan
+from haochaping.simulator.vopr.result import Result, SimFailure
+from haochaping.simulator.vopr.terminal import VTerm
+from haochaping.simulator.vopr.uplink import HALL, UPLINK_EVERY_MS, UplinkActor
+from haochaping.simulator.vopr.world import TICK_MS
+
+MAX_JUMP_MS = 1000  # when nothing is in flight, the clock may skip ahead this far
+HEAL_MAX_MS = 15 * 60 * 1000  # after the faults stop, everything drains within this
+
+__all__ = ["HALL", "Sim"]
+
+
+class Sim:
+    def __init__(
+        self, seed: int, workdir: Path, bug: str | None = None, plan: Plan | None = None
+    ) -> None:
+        if bug is not None and bug not in BUGS:
+            raise ValueError("bug is one of " + ", ".join(BUGS))
+        self.seed = seed
+        self.bug = bug
+        self.rng = random.Random(seed)
+        self.plan = plan if plan is not None else Plan.draw(self.rng)
+        self.next_uplink = 0
+        self.turns = 0
+        self.now = 0
+        self.events: list[tuple[int, int, Callable[[], None]]] = []
+        self.n_events = 0
+        self.faulty = True
+        self.stats: dict[str, int] = {
+            "presses": 0,
+            "thanks": 0,
+            "journaled": 0,
+            "stored": 0,
+            "acked_to_terminal": 0,
+            "batches_accepted": 0,
+            "batches_duplicate": 0,
+        }
+        self.daemon_skew = self.rng.randint(-90_000, 90_000) if self.plan.skew else 0
+        self.case_skew = self.rng.randint(-30_000, 30_000) if self.plan.skew else 0
+        self.arm_timeout_s = self.rng.choice((20, 60, 120))
+        cfg: list[tuple[int, int]] = [
+            (messages.C_NO_CASE_POLICY, 1 if self.plan.no_case_record else 0)
+        ]
+        cfg.append((messages.C_REASON_TIMEOUT_S, self.rng.choice((5, 15))))
+        cfg.append((messages.C_THANKS_MS, self.rng.choice((1000, 2000))))
+        self.config = cfg
+        # what the terminals did: (tid, seq) -> (level, reason, session)
+        self.attempts: dict[tuple[int, int], tuple[int, int, int]] = {}
+        self.confirmed: dict[tuple[int, int], tuple[int, int, int]] = {}
+        self.cases: dict[int, str] = {}  # session token -> case_no
+        self.cancelled: dict[int, int] = {}  # session token -> daemon ms of the cancellation
+        # files
+        self.dir = workdir
+        self.db_path = str(workdir / "hall.sqlite")
+        keys_dir = workdir / "keys"
+        info = keys.init(keys_dir)
+        pdir = workdir / "province"
+        (pdir / "keys").mkdir(parents=True)
+        shutil.copy(keys_dir / keys.KEYRING / (info.key_id + ".pem"), pdir / "keys")
+        self.receiver = province.Store(pdir)
+        self.province_down = False
+        self.keys_dir = str(keys_dir)
+        # the hall
+        self.vts: list[VTerm] = []
+        for i in range(self.plan.terminals):
+            key = bytes(self.rng.getrandbits(8) for _ in range(32))
+            self.vts.append(VTerm(self, i, 0x5100_0000 + i * 7 + 1, key))
+        setup = Store(self.db_path)
+        for vt in self.vts:
+            setup.add_terminal(vt.tid, vt.key, vt.window_no, 0)
+        setup.close()
+        self.daemon = Daemon(self)
+        self.uplink = UplinkActor(self)
+        self.check_conn = sqlite3.connect(self.db_path, isolation_level=None)
+
+    # -------------------------------------------------------- scheduling
+
+    def at(self, t: int, fn: Callable[[], None]) -> None:
+        self.n_events += 1
+        heapq.heappush(self.events, (t, self.n_events, fn))
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.stats[name] = self.stats.get(name, 0) + n
+
+    def fail(self, invariant: str, detail: str) -> None:
+        raise SimFailure(self.seed, self.now, invariant, detail)
+
+    # -------------------------------------------------------- hooks
+
+    def check_ack(self, vt: VTerm, acked: int, upto: int) -> None:
+        if upto <= acked:
+            return
+        self.stats["acked_to_terminal"] += upto - acked
+        have = {
+            r[0]
+            for r in self.check_conn.execute(
+                "SELECT seq FROM ratings WHERE terminal_id = ? AND seq > ? AND seq <= ?",
+                (vt.tid, acked, upto),
+            )
+        }
+        for s in range(acked + 1, upto + 1):
+            if s not in have and (vt.tid, s) in self.attempts:
+                self.fail(
+                    "ack_unstored",
+                    f"terminal {vt.tid:08x} got ACK {upto} but seq {s} is not in SQLite",
+                )
+
+    def thanks(self, vt: VTerm, t: terminal.Terminal) -> None:
+        key = (vt.tid, t.last_seq)
+        if key not in self.attempts:
+            self.fail(
+                "thanks_unwritten", f"THANKS for {key[0]:08x} seq {key[1]} with no journal write"
+            )
+        self.confirmed[key] = self.attempts[key]
+        self.stats["thanks"] += 1
+
+    def terminal_wrote(self, vt: VTerm, data: bytes) -> None:
+        """Bytes (serial) or a frame (MQTT) the terminal put on its link."""
+        if not vt.plugged:
+            return
+        vt.up.send(data, self.now)
+        if self.bug == "free_before_ack" and vt.term is not None:
+            # The broken rule: a frame on the wire counts as delivered.
+            j = vt.term.journal
+            vt.trusted_free = True
+            try:
+                j.ack(j.head - 1)
+            finally:
+                vt.trusted_free = False
+
+    def daemon_sent(self, tid: int, frame: bytes) -> None:
+        for vt in self.vts:
+            if vt.tid == tid and vt.plugged:
+                vt.down.send(frame if vt.mqtt else serial.encode(frame), self.now)
+
+    # -------------------------------------------------------- scenario
+
+    def _schedule(self) -> int:
+        """Cases, citizens and faults; returns when the busy part ends."""
+        r = self.rng
+        end = 0
+        used: set[int] = set()
+        for vt in self.vts:
+            t = r.randint(3000, 8000)
+            for k in range(self.plan.cases):
+                t += r.randint(*self.plan.case_gap_ms)
+                token = r.randint(1, 0xFFFFFFFF)
+                while token in used:
+                    token = r.randint(1, 0xFFFFFFFF)
+                used.add(token)
+                case_no = f"44010020261125{vt.index:02d}{k:05d}"
+                self.at(t, self._case(vt, case_no, token))
+                if r.random() < 0.15:  # someone presses with no case armed
+                    self.at(t - r.randint(500, 3000), self._citizen_press(vt, r.randrange(5)))
+            end = max(end, t + 20_000)
+        # The faults, each scheduled by the actor that suffers it.  The order
+        # of these calls is part of every seed's outcome: add new ones last.
+        terminal_actor.schedule_faults(self, end)
+        province_actor.schedule_faults(self, end)
+        self.daemon.schedule_disk_fulls(end)
+        self.uplink.schedule_faults(end)
+        self.daemon.schedule_crashes(end)
+        return end
+
+    def _case(self, vt: VTerm, case_no: str, token: int) -> Callable[[], None]:
+        def fire() -> None:
+            self.cases[token] = case_no
+            if not self.daemon.post_case(vt, case_no, token):
+                return
+            r = self.rng
+            u = r.random()
+            if u < 0.08:
+                return  # walks away
+            level = r.choices((5, 4, 3, 2, 1), weights=(70, 15, 7, 5, 3))[0]
+            t = self.now + r.randint(800, 6000)
+            self.at(t, self._citizen_press(vt, 5 - level))
+            if level <= 2 and r.random() < 0.7:
+                self.at(t + r.randint(600, 4000), self._citizen_press(vt, r.randrange(5)))
+            if r.random() < 0.1:  # presses again during THANKS
+                self.at(t + 300, self._citizen_press(vt, r.randrange(5)))
+            if r.random() < self.plan.cancel_rate:  # the case is withdrawn, maybe mid-rating
+                self.at(self.now + r.randint(0, 9000), lambda: self.daemon.cancel(token))
+
+        return fire
+
+    def _citizen_press(self, vt: VTerm, button: int) -> Callable[[], None]:
+        def fire() -> None:
+            self.stats["presses"] += 1
+            vt.press(button)
+
+        return fire
+
+    # -------------------------------------------------------- running
+
+    def _turn(self) -> None:
+        while self.events and self.events[0][0] <= self.now:
+            _, _, fn = heapq.heappop(self.events)
+            fn()
+        for vt in self.vts:
+            if vt.plugged:
+                data = vt.down.due(self.now)
+                if data and vt.on and vt.board is not None:
+                    for d in data:
+                        vt.board.port.feed(d)
+            else:
+                vt.down.due(self.now)
+            vt.step(self.now)
+            if not vt.plugged:
+                vt.up.due(self.now)  # a pulled cable carries nothing
+        if self.daemon.up:
+            self.daemon.tick()
+        else:
+            for vt in self.vts:
+                vt.up.due(self.now)
+        if self.now >= self.next_uplink:
+            self.next_uplink = self.now + UPLINK_EVERY_MS
+            self.uplink.step()
+        self.turns += 1
+
+    def _advance(self) -> None:
+        """The next turn: one tick, or, when nothing is in flight anywhere, a
+        jump to the next thing due (an event, a deadline, a STATUS), at most
+        MAX_JUMP_MS: what the firmware does at each step is unchanged."""
+        nxt = self.now + MAX_JUMP_MS
+        if self.events:
+            nxt = min(nxt, self.events[0][0])
+        nxt = min(nxt, self.next_uplink)
+        for vt in self.vts:
+            if vt.up.q or vt.down.q:
+                nxt = 0
+                break
+            t = vt.term
+            if not vt.on or t is None or vt.board is None:
+                continue
+            s = t.session
+            if vt.board.mask or s.state != 2 or s.inflight or s.sent_upto < t.journal.head - 1:
+                nxt = 0
+                break
+            if vt.board.port.pending():
+                nxt = 0
+                break
+            ticks = vt.ticks(self.now)
+            d = t.ev.deadline_in(ticks)
+            if d >= 0:
+                nxt = min(nxt, self.now + int(d / vt.rate))
+            st = ui.ticks_diff(s.status_at + s.status_ms, ticks)
+            nxt = min(nxt, self.now + int(max(st, 0) / vt.rate))
+        self.now = max(self.now + TICK_MS, nxt)
+
+    def run(self) -> Result:
+        for vt in self.vts:
+            vt.boot(0)
+        self.daemon.start(self.daemon.now())
+        end = self._schedule()
+        while self.now < end:
+            self._advance()
+            self._turn()
+        # Heal: the faults stop; everything must drain.
+        self.faulty = False
+        for vt in self.vts:
+            vt.heal()
+        self.province_down = False
+        self.daemon.disk_full = False
+        if not self.daemon.up:
+            self.daemon.start(self.daemon.now())
+        heal_end = self.now + HEAL_MAX_MS
+        next_check = self.now
+        while True:
+            self._advance()
+            self._turn()
+            if self.now >= next_check:
+                next_check = self.now + 1000
+                if self._drained():
+                    break
+            if self.now >= heal_end:
+                self._final_check()
+                self.fail(
+                    "liveness",
+                    f"not drained {HEAL_MAX_MS // 1000} s after the faults stopped: {self._backlog()}",
+                )
+        self._final_check()
+        self.stats["turns"] = self.turns
+        return Result(self.seed, self.plan, self.now, dict(self.stats))
+
+    def _drained(self) -> bool:
+        for vt in self.vts:
+            if not vt.on or vt.term is None or vt.term.journal.used:
+                return False
+        n = self.receiver.stats()["records"]
+        stored = self.check_conn.execute("SELECT count(*) FROM ratings").fetchone()[0]
+        return bool(n == stored)
+
+    def _backlog(self) -> str:
+        parts = []
+        for vt in self.vts:
+            used = vt.term.journal.used if vt.term is not None else -1
+            parts.append(f"{vt.tid:08x} journal {used} on={vt.on}")
+        stored = self.check_conn.execute("SELECT count(*) FROM ratings").fetchone()[0]
+        parts.append(f"stored {stored}, at receiver {self.receiver.stats()['records']}")
+        return "; ".join(parts)
+
+    def _final_check(self) -> None:
+        recs: dict[tuple[int, int], dict[str, Any]] = {}
+        for rec in self.receiver.records(HALL):
+            key = (int(rec["terminalId"], 16), int(rec["seq"]))
+            if key in recs:
+                self.fail("duplicate", f"{key[0]:08x} seq {key[1]} reached the receiver twice")
+            recs[key] = rec
+        for key, (level, reason, session) in sorted(self.confirmed.items()):
+            rec = recs.get(key)
+            if rec is None:
+                self.fail(
+                    "lost", f"THANKS shown for {key[0]:08x} seq {key[1]}, not at the receiver"
+                )
+                return
+            self._check_binding(key, rec, level, reason, session)
+        for key, rec in sorted(recs.items()):
+            att = self.attempts.get(key)
+            if att is None:
+                self.fail(
+                    "phantom", f"the receiver has {key[0]:08x} seq {key[1]} that no terminal wrote"
+                )
+                return
+            self._check_binding(key, rec, *att)
+        if self.daemon.store is not None:
+            bad = self.daemon.store.verify_chain()
+            if bad is not None:
+                self.fail("chain", f"local chain breaks at rating id {bad}")
+        self.stats["at_receiver"] = len(recs)
+        self.stats["daemon_starts"] = self.daemon.starts
+
+    def _check_binding(
+        self, key: tuple[int, int], rec: dict[str, Any], level: int, reason: int, session: int
+    ) -> None:
+        o = rec["origin"]
+        want_case = self.cases.get(session) if session else None
+        if session in self.cancelled:
+            # The daemon's rule: a cancelled session binds only the ratings
+            # it stored before the cancellation.
+            row = self.check_conn.execute(
+                "SELECT received_ms FROM ratings WHERE terminal_id = ? AND seq = ?", key
+            ).fetchone()
+            if row is None or row[0] >= self.cancelled[session]:
+                want_case = None
+        got = (o["level"], o["reason"], o["session"] or 0, rec["projectNo"])
+        want = (level, reason, session, want_case)
+        if got != want:
+            self.fail(
+                "binding",
+                f"{key[0]:08x} seq {key[1]}: receiver has (level, reason, session, case) {got!r}, "
+                f"terminal wrote {want!r}",
+            )
+
+    def close(self) -> None:
+        self.uplink.close()
+        self.daemon.crash()
+        self.receiver.close()
+        self.check_conn.close()
+

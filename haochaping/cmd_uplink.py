@@ -1,7 +1,7 @@
 """``hcp keys``, ``hcp uplink``, ``hcp province``, ``hcp audit``, ``hcp batch``, ``hcp bench uplink``.
 
 Thin click commands over daemon/keys.py, daemon/uplink/, daemon/audit.py and
-simulator/province.py.  Registered on the main group by ``register``.
+simulator/province/.  Registered on the main group by ``register``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``hcp sim --ui``: press the virtual terminals' buttons yourself.
 
-A terminal UI (rich) over a running hall (simulator/hall.py): each virtual
+A terminal UI (rich) over a running hall (simulator/hall/): each virtual
 terminal's five buttons and their LEDs as the firmware shows them, its
 evaluator state, and the last rating followed hop by hop -- journal, the
 daemon's SQLite, the uplink's signed batch, the provincial receiver.
@@ -32,6 +32,7 @@ from typing import Any
 
 from haochaping.firmware import ui
 from haochaping.simulator import hall as hallmod
+from haochaping.simulator.hall import summary as hall_summary
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -108,7 +109,7 @@ class Tui:
             return ""
         c = vt.confirmed[-1]
         steps = [f"★{c.level} seq {c.seq} journaled"]
-        with contextlib.suppress(sqlite3.Error), contextlib.closing(self.h._hall_db()) as db:
+        with contextlib.suppress(sqlite3.Error), contextlib.closing(hall_summary.hall_db(self.h)) as db:
             row = db.execute(
                 "SELECT id FROM ratings WHERE terminal_id = ? AND seq = ?", (c.tid, c.seq)
             ).fetchone()
@@ -120,7 +121,7 @@ class Tui:
                 ).fetchone()
                 if b is not None:
                     steps.append(f"batch {b[0]} signed ({b[1]})")
-        with contextlib.suppress(sqlite3.Error), contextlib.closing(self.h._province_db()) as p:
+        with contextlib.suppress(sqlite3.Error), contextlib.closing(hall_summary.province_db(self.h)) as p:
             r = p.execute(
                 "SELECT batch_id FROM records WHERE terminal_id = ? AND seq = ?",
                 (f"{c.tid:08x}", c.seq),

@@ -99,7 +99,7 @@ def add_terminal(
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def ingest(transport: str, terminals: int, ratings: int, per_frame: int, as_json: bool) -> None:
     """Drain of a pre-queued backlog: committed-and-acknowledged ratings/s beside a bare baseline."""
-    from haochaping.daemon import bench
+    from haochaping.daemon.bench import ingest as bench
 
     _bench(bench.run, (transport, terminals, ratings, per_frame), as_json, 16)
 
@@ -112,14 +112,14 @@ def ingest(transport: str, terminals: int, ratings: int, per_frame: int, as_json
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def core(terminals: int, ratings: int, per_frame: int, group: int, as_json: bool) -> None:
     """µs per rating in the daemon's core and store alone (no transport)."""
-    from haochaping.daemon import bench
+    from haochaping.daemon.bench import ingest as bench
 
     _bench(bench.core_costs, (terminals, ratings, per_frame, group), as_json, 12)
 
 
 def _bench(fn: Any, args: tuple[Any, ...], as_json: bool, width: int) -> None:
     """Run a daemon benchmark; print its result as JSON or one key a line."""
-    from haochaping.daemon import bench
+    from haochaping.daemon.bench import ingest as bench
 
     try:
         result = fn(*args)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from haochaping.daemon import audit, chain, keys, store
-from haochaping.daemon.uplink import bench, runner
+from haochaping.daemon.bench import uplink as bench
+from haochaping.daemon.uplink import runner
 
 N = 120  # ratings in the log
 TRIALS = 40  # per kind: 3 kinds -> 120 seeded trials

@@ -11,18 +11,14 @@ import time
 import urllib.request
 
 import pytest
-from haochaping.daemon.testing import (
+from haochaping.daemon.bench.harness import (
     DaemonProcess,
-    FakeTerminal,
     Mosquitto,
-    MqttHub,
-    PtyPeer,
-    drive,
     free_port,
-    make_key,
     provision,
     write_config,
 )
+from haochaping.daemon.bench.peers import FakeTerminal, MqttHub, PtyPeer, drive, make_key
 from haochaping.protocol import messages, serial
 
 
@@ -135,7 +131,7 @@ def test_bad_input_refused_counted_others_served(tmp_path, mosquitto_bin):
 
         # a terminal that disconnects mid-frame
         cut = FakeTerminal(0x3000 + 9, make_key(9, 3))
-        from haochaping.daemon.testing import provision as _prov
+        from haochaping.daemon.bench.harness import provision as _prov
 
         _prov(db, [cut])
         pc = PtyPeer(cut, ports)

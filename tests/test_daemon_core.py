@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from haochaping.daemon.bench.peers import FakeTerminal
 from haochaping.daemon.core import HUMAN_MIN_MS, ArmError, Core, Session
 from haochaping.daemon.store import Store
-from haochaping.daemon.testing import FakeTerminal
 from haochaping.protocol import messages, serial
 from haochaping.protocol.auth import Key
 from haochaping.protocol.frame import seal

@@ -13,18 +13,14 @@ import sqlite3
 import time
 
 import pytest
-from haochaping.daemon.testing import (
+from haochaping.daemon.bench.harness import (
     DaemonProcess,
-    FakeTerminal,
     Mosquitto,
-    MqttHub,
-    PtyPeer,
-    drive,
     free_port,
-    make_key,
     provision,
     write_config,
 )
+from haochaping.daemon.bench.peers import FakeTerminal, MqttHub, PtyPeer, drive, make_key
 
 SEED = 20261126
 ROUNDS = 20  # kills that land while ratings of their round are unacknowledged

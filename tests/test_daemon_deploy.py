@@ -11,15 +11,8 @@ from pathlib import Path
 
 import pytest
 from haochaping.daemon import config as config_mod
-from haochaping.daemon.testing import (
-    DaemonProcess,
-    FakeTerminal,
-    MqttHub,
-    drive,
-    free_port,
-    make_key,
-    provision,
-)
+from haochaping.daemon.bench.harness import DaemonProcess, free_port, provision
+from haochaping.daemon.bench.peers import FakeTerminal, MqttHub, drive, make_key
 
 from .conftest import ROOT, missing
 

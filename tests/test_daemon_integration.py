@@ -7,18 +7,14 @@ import sqlite3
 import urllib.request
 
 import pytest
-from haochaping.daemon.testing import (
+from haochaping.daemon.bench.harness import (
     DaemonProcess,
-    FakeTerminal,
     Mosquitto,
-    MqttHub,
-    PtyPeer,
-    drive,
     free_port,
-    make_key,
     provision,
     write_config,
 )
+from haochaping.daemon.bench.peers import FakeTerminal, MqttHub, PtyPeer, drive, make_key
 
 
 def stored(db) -> list[tuple[int, int]]:

@@ -12,19 +12,16 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from haochaping.daemon.sdnotify import Notifier
-from haochaping.daemon.testing import (
+from haochaping.daemon.bench.harness import (
     DaemonProcess,
-    FakeTerminal,
     Mosquitto,
-    MqttHub,
     NotifySocket,
-    drive,
     free_port,
-    make_key,
     provision,
     write_config,
 )
+from haochaping.daemon.bench.peers import FakeTerminal, MqttHub, drive, make_key
+from haochaping.daemon.sdnotify import Notifier
 from haochaping.protocol import messages
 
 TOKEN = "window-system-token-0123456789"

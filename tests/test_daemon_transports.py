@@ -7,18 +7,14 @@ import os
 import time
 
 import pytest
-from haochaping.daemon.testing import (
+from haochaping.daemon.bench.harness import (
     DaemonProcess,
-    FakeTerminal,
     Mosquitto,
-    MqttHub,
-    PtyPeer,
-    drive,
     free_port,
-    make_key,
     provision,
     write_config,
 )
+from haochaping.daemon.bench.peers import FakeTerminal, MqttHub, PtyPeer, drive, make_key
 from haochaping.daemon.transport import Bad, Gone, Inbox, Received, open_transport, redact
 from haochaping.daemon.transport_serial import SerialTransport
 from haochaping.protocol import frame

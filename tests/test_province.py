@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from haochaping.daemon import chain, keys, store
-from haochaping.daemon.uplink import batch, bench, canonical, delivery, runner
+from haochaping.daemon.bench import uplink as bench
+from haochaping.daemon.uplink import batch, canonical, delivery, runner
 from haochaping.simulator import province
 
 

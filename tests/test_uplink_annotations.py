@@ -7,7 +7,8 @@ import random
 import sqlite3
 
 from haochaping.daemon import audit, chain, keys, store
-from haochaping.daemon.uplink import batch, bench, canonical, runner
+from haochaping.daemon.bench import uplink as bench
+from haochaping.daemon.uplink import batch, canonical, runner
 from haochaping.simulator import province
 
 

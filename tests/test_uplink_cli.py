@@ -11,7 +11,7 @@ import sys
 import urllib.request
 
 from haochaping.daemon import keys, store
-from haochaping.daemon.uplink import bench
+from haochaping.daemon.bench import uplink as bench
 
 
 def hcp(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

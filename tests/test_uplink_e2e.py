@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 from haochaping.daemon import audit, keys, store
-from haochaping.daemon.uplink import batch, bench, runner
+from haochaping.daemon.bench import uplink as bench
+from haochaping.daemon.uplink import batch, runner
 from haochaping.simulator import province
 
 ROUNDS = 24

@@ -7,7 +7,8 @@ import random
 
 import pytest
 from haochaping.daemon import keys, store
-from haochaping.daemon.uplink import bench, profiles, runner
+from haochaping.daemon.bench import uplink as bench
+from haochaping.daemon.uplink import profiles, runner
 from haochaping.simulator import province
 
 

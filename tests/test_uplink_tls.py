@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from haochaping.daemon import keys, store
-from haochaping.daemon.uplink import bench, delivery, runner
+from haochaping.daemon.bench import uplink as bench
+from haochaping.daemon.uplink import delivery, runner
 from haochaping.simulator import province
 
 

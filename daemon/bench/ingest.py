@@ -30,17 +30,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from haochaping.daemon.testing import (
+from haochaping.daemon.bench.harness import (
     DaemonProcess,
-    FakeTerminal,
     Mosquitto,
-    MqttHub,
-    PtyPeer,
     free_port,
-    make_key,
     provision,
     write_config,
 )
+from haochaping.daemon.bench.peers import FakeTerminal, MqttHub, PtyPeer, make_key
 from haochaping.protocol import mqtt as topics
 
 DAEMON_CLIENT_ID = "hcp-daemon-bench"

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hmac
 import logging
+import secrets
 from typing import Any
 
 from aiohttp import web
+from haochaping.daemon.clock import now_ms
 from haochaping.daemon.core import ArmError
 
 log = logging.getLogger("hcp.api")
@@ -108,6 +110,14 @@ def openapi() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def fresh_token() -> int:
+    """A random ARM session token (u32, never 0)."""
+    while True:
+        t = secrets.randbits(32)
+        if t:
+            return t
+
+
 def _err(status: int, text: str) -> web.Response:
     return web.json_response({"error": text}, status=status)
 
@@ -156,8 +166,6 @@ class Api:
         return await handler(request)
 
     async def post_case(self, request: web.Request) -> web.Response:
-        from haochaping.daemon.service import fresh_token, now_ms
-
         try:
             body = await request.json()
         except Exception:  # noqa: BLE001
@@ -216,8 +224,6 @@ class Api:
         )
 
     async def cancel(self, request: web.Request) -> web.Response:
-        from haochaping.daemon.service import now_ms
-
         try:
             token = int(request.match_info["session"])
         except ValueError:
@@ -229,8 +235,6 @@ class Api:
         return web.json_response({"session": token, "cancelled": True})
 
     async def terminals(self, request: web.Request) -> web.Response:
-        from haochaping.daemon.service import now_ms
-
         t = now_ms()
         rows = self.d.reader.terminals()
         for r in rows:
@@ -253,8 +257,6 @@ class Api:
 
     async def review(self, request: web.Request) -> web.Response:
         """A review outcome for a rating (e.g. 不属实): an annotation, the rating stays as it is."""
-        from haochaping.daemon.service import now_ms
-
         try:
             rid = int(request.match_info["rating"])
             body = await request.json()

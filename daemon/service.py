@@ -23,26 +23,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 from haochaping.daemon import config as config_mod
+from haochaping.daemon.alerts import AlertHub
+from haochaping.daemon.api import Api
+from haochaping.daemon.clock import now_ms
+from haochaping.daemon.contact import ContactCipher
 from haochaping.daemon.core import SESSION_KEEP_MS, Core, Session
 from haochaping.daemon.sdnotify import Notifier
-from haochaping.daemon.store import ContactCipher, Store, StoreError, StoreFull
-from haochaping.daemon.transport import (
-    Bad,
-    Gone,
-    Inbox,
-    Received,
-    Transport,
-    open_transport,
-    redact,
-)
+from haochaping.daemon.store import Store, StoreError, StoreFull
+from haochaping.daemon.transport import Bad, Gone, Inbox, Received, Transport, redact
+from haochaping.daemon.transport_mqtt import MqttTransport
+from haochaping.daemon.transport_serial import SerialTransport
 
 log = logging.getLogger("hcp.daemon")
 
@@ -52,10 +50,6 @@ STATUS_EVERY_S = 10
 REFUSAL_LOG_EVERY_MS = 60_000  # one refusals row per (source, reason) per minute
 REFUSAL_KEYS_MAX = 10_000  # (source, reason) pairs remembered for that limit
 SWITCH_INTERVAL_S = 0.001
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class _JournalFormatter(logging.Formatter):
@@ -110,8 +104,8 @@ class Daemon:
         self.core: Core | None = None
         self.cipher: ContactCipher | None = None
         self.inbox: Inbox | None = None
-        self.alerts: Any = None
-        self.api: Any = None
+        self.alerts: AlertHub | None = None
+        self.api: Api | None = None
 
     # ------------------------------------------------------------ setup
 
@@ -170,9 +164,6 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.inbox = Inbox(loop)
         await self._on_store(self._open)
-        from haochaping.daemon.alerts import AlertHub
-        from haochaping.daemon.api import Api
-
         self.alerts = AlertHub(self)
         self.api = Api(self)
         await self.api.start()
@@ -486,8 +477,11 @@ def main(config_path: str) -> int:
     return asyncio.run(d.run())
 
 
-def fresh_token() -> int:
-    while True:
-        t = secrets.randbits(32)
-        if t:
-            return t
+def open_transport(url: str, inbox: Inbox, options: dict[str, Any]) -> Transport:
+    """The transport a URL names (one module per scheme, pyserial style)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "serial":
+        return SerialTransport(url, inbox, options)
+    if scheme in ("mqtt", "mqtts"):
+        return MqttTransport(url, inbox, options)
+    raise ValueError(f"unknown transport scheme {scheme!r} (serial, mqtt, mqtts)")

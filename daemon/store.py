@@ -13,29 +13,25 @@ only in ``terminals.key``; contacts only AES-GCM encrypted in
 caller, which stops acknowledging: the terminals keep the ratings in their
 journals and resend).
 
-The schema is the shared contract of common.md (ratings, cases, annotations;
-the uplink reads them) plus the daemon's own tables.  Schema changes are named
-migrations recorded in ``migrations``; a name once shipped never changes.
+The schema (schema.py) is the shared contract of common.md (ratings, cases,
+annotations; the uplink reads them) plus the daemon's own tables, changed only
+by named migrations.  Contacts are encrypted by contact.py.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import stat
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
-from haochaping.daemon import chain
+from haochaping.daemon import chain, schema
 
 SQLITE_FULL = 13
 BUSY_TIMEOUT_MS = 5000
-CONTACT_KEY_LEN = 32  # AES-256-GCM
-NONCE_LEN = 12
 
 
 class StoreError(Exception):
@@ -45,118 +41,6 @@ class StoreError(Exception):
 class StoreFull(StoreError):
     """The disk (or the configured size limit) is full: nothing was committed."""
 
-
-class ContactKeyError(StoreError):
-    """The contact key file is missing, malformed or readable by others."""
-
-
-# Named migrations, applied in order, each once.  Never edit a shipped one:
-# add a new name.
-MIGRATIONS: list[tuple[str, str]] = [
-    (
-        "0001_initial",
-        """
-        CREATE TABLE terminals (
-            id INTEGER PRIMARY KEY,            -- u32 terminal id
-            key BLOB NOT NULL,                 -- 32-byte HMAC key; never logged
-            window_no TEXT,
-            firmware TEXT,
-            board TEXT,
-            last_seen_ms INTEGER,
-            journal_used INTEGER,
-            journal_capacity INTEGER,
-            clock_offset_ms INTEGER,
-            rx_counter INTEGER NOT NULL DEFAULT 0,   -- last up counter accepted
-            down_epoch INTEGER NOT NULL DEFAULT 0,   -- last daemon->terminal epoch used
-            high_seq INTEGER NOT NULL DEFAULT 0,     -- highest rating seq stored
-            alarms INTEGER NOT NULL DEFAULT 0,
-            enabled INTEGER NOT NULL DEFAULT 1,
-            created_ms INTEGER
-        );
-        CREATE UNIQUE INDEX terminals_window ON terminals(window_no) WHERE window_no IS NOT NULL;
-        CREATE TABLE boots (
-            terminal_id INTEGER NOT NULL,
-            boot INTEGER NOT NULL,
-            start_ms INTEGER NOT NULL,         -- daemon UTC ms of the terminal's uptime 0
-            PRIMARY KEY (terminal_id, boot)
-        );
-        CREATE TABLE cases (
-            id INTEGER PRIMARY KEY,
-            case_no TEXT NOT NULL,
-            item_code TEXT,
-            item_name TEXT,
-            handle_item TEXT,
-            dept_code TEXT,
-            dept_name TEXT,
-            area_code TEXT,
-            window_no TEXT,
-            window_name TEXT,
-            staff_id TEXT,
-            staff_name TEXT,
-            service_ms INTEGER,
-            service_number TEXT,
-            contact_enc BLOB,
-            created_ms INTEGER
-        );
-        CREATE INDEX cases_case_no ON cases(case_no);
-        CREATE TABLE sessions (
-            id INTEGER PRIMARY KEY,            -- the ARM token (u32, never 0)
-            case_id INTEGER NOT NULL REFERENCES cases(id),
-            window_no TEXT,
-            terminal_id INTEGER,
-            armed_ms INTEGER NOT NULL,
-            expires_ms INTEGER NOT NULL,
-            cancelled_ms INTEGER
-        );
-        CREATE TABLE ratings (
-            id INTEGER PRIMARY KEY,
-            terminal_id INTEGER NOT NULL,
-            seq INTEGER NOT NULL,
-            level INTEGER NOT NULL,
-            reason INTEGER NOT NULL,
-            flags INTEGER NOT NULL,
-            session INTEGER,
-            case_id INTEGER REFERENCES cases(id),
-            device_time INTEGER NOT NULL,
-            uptime_ms INTEGER NOT NULL,
-            boot INTEGER NOT NULL,
-            received_ms INTEGER NOT NULL,
-            assess_ms INTEGER NOT NULL,
-            time_quality TEXT NOT NULL,
-            chain BLOB NOT NULL,
-            UNIQUE (terminal_id, seq)
-        );
-        CREATE TRIGGER ratings_no_update BEFORE UPDATE ON ratings
-            BEGIN SELECT RAISE(ABORT, 'ratings are append-only'); END;
-        CREATE TRIGGER ratings_no_delete BEFORE DELETE ON ratings
-            BEGIN SELECT RAISE(ABORT, 'ratings are append-only'); END;
-        CREATE TABLE annotations (
-            id INTEGER PRIMARY KEY,
-            rating_id INTEGER NOT NULL REFERENCES ratings(id),
-            kind TEXT NOT NULL,
-            value TEXT NOT NULL,
-            created_ms INTEGER NOT NULL
-        );
-        CREATE INDEX annotations_rating ON annotations(rating_id);
-        CREATE TABLE alerts (
-            id INTEGER PRIMARY KEY,
-            rating_id INTEGER NOT NULL UNIQUE REFERENCES ratings(id),
-            created_ms INTEGER NOT NULL
-        );
-        CREATE TABLE refusals (
-            id INTEGER PRIMARY KEY,
-            at_ms INTEGER NOT NULL,
-            source TEXT NOT NULL,
-            terminal_id INTEGER,
-            reason TEXT NOT NULL
-        );
-        CREATE TABLE meta (
-            name TEXT PRIMARY KEY,
-            value INTEGER
-        );
-        """,
-    ),
-]
 
 _RATING_COLS = (
     "id",
@@ -302,29 +186,7 @@ class Store:
 
     def migrate(self) -> list[str]:
         """Apply every migration not yet recorded; return the names applied."""
-        c = self.conn
-        c.execute(
-            "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_ms INTEGER)"
-        )
-        done = {r[0] for r in c.execute("SELECT name FROM migrations")}
-        applied = []
-        for name, sql in MIGRATIONS:
-            if name in done:
-                continue
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                for stmt in _statements(sql):
-                    c.execute(stmt)
-                c.execute(
-                    "INSERT INTO migrations (name, applied_ms) VALUES (?, ?)",
-                    (name, int(time.time() * 1000)),
-                )
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            applied.append(name)
-        return applied
+        return schema.migrate(self.conn)
 
     def migrations(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT name FROM migrations ORDER BY rowid")]
@@ -657,58 +519,3 @@ def _ident(name: str) -> str:
     if not name.replace("_", "").isalnum():
         raise StoreError("bad table name")
     return name
-
-
-def _statements(sql: str) -> list[str]:
-    """Split a migration into statements, keeping trigger bodies whole."""
-    out, buf = [], ""
-    for line in sql.splitlines():
-        line = line.split("--", 1)[0]
-        if not line.strip():
-            continue
-        buf += line + "\n"
-        if sqlite3.complete_statement(buf):
-            out.append(buf.strip())
-            buf = ""
-    if buf.strip():
-        out.append(buf.strip())
-    return out
-
-
-# ---------------------------------------------------------------- contact
-
-
-class ContactCipher:
-    """AES-256-GCM for applicants' contacts.  The key file is 32 random bytes,
-    mode 0600, created on first use; a key file others can read is refused."""
-
-    def __init__(self, key_path: str | os.PathLike[str]) -> None:
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-        p = Path(key_path)
-        if not p.exists():
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, os.urandom(CONTACT_KEY_LEN))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        st = p.stat()
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            raise ContactKeyError(
-                f"contact key file {p} must be mode 0600 (it is {stat.S_IMODE(st.st_mode):o})"
-            )
-        key = p.read_bytes()
-        if len(key) != CONTACT_KEY_LEN:
-            raise ContactKeyError(f"contact key file {p} must hold {CONTACT_KEY_LEN} bytes")
-        self._aead = AESGCM(key)
-
-    def encrypt(self, contact: str, case_no: str) -> bytes:
-        nonce = os.urandom(NONCE_LEN)
-        return nonce + self._aead.encrypt(nonce, contact.encode(), case_no.encode())
-
-    def decrypt(self, blob: bytes, case_no: str) -> str:
-        return self._aead.decrypt(blob[:NONCE_LEN], blob[NONCE_LEN:], case_no.encode()).decode()
-
-    def __repr__(self) -> str:
-        return "<ContactCipher>"

@@ -1,7 +1,9 @@
 """The one small interface every transport implements, and the hand-off
 from transport threads to the daemon's event loop.
 
-A transport is named by a URL (pyserial style), one module per scheme:
+A transport is named by a URL (pyserial style), one module per scheme
+(service.open_transport builds them; the implementations import this
+module, never the other way):
 
     serial:///dev/ttyACM*?baud=115200    transport_serial.SerialTransport
     mqtt://127.0.0.1:1883?prefix=hcp     transport_mqtt.MqttTransport  (mqtts:// = TLS)
@@ -122,16 +124,3 @@ def redact(url: str) -> str:
     if u.password:
         return url.replace(":" + u.password + "@", ":***@")
     return url
-
-
-def open_transport(url: str, inbox: Inbox, options: dict[str, Any]) -> Transport:
-    scheme = urlsplit(url).scheme
-    if scheme == "serial":
-        from haochaping.daemon.transport_serial import SerialTransport
-
-        return SerialTransport(url, inbox, options)
-    if scheme in ("mqtt", "mqtts"):
-        from haochaping.daemon.transport_mqtt import MqttTransport
-
-        return MqttTransport(url, inbox, options)
-    raise ValueError(f"unknown transport scheme {scheme!r} (serial, mqtt, mqtts)")

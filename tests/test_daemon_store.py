@@ -8,15 +8,9 @@ import stat
 
 import pytest
 from haochaping.daemon import chain
-from haochaping.daemon.store import (
-    MIGRATIONS,
-    ContactCipher,
-    ContactKeyError,
-    NewRating,
-    Store,
-    StoreError,
-    StoreFull,
-)
+from haochaping.daemon.contact import ContactCipher, ContactKeyError
+from haochaping.daemon.schema import MIGRATIONS
+from haochaping.daemon.store import NewRating, Store, StoreError, StoreFull
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -15,7 +15,8 @@ from haochaping.daemon.bench.harness import (
     write_config,
 )
 from haochaping.daemon.bench.peers import FakeTerminal, MqttHub, PtyPeer, drive, make_key
-from haochaping.daemon.transport import Bad, Gone, Inbox, Received, open_transport, redact
+from haochaping.daemon.service import open_transport
+from haochaping.daemon.transport import Bad, Gone, Inbox, Received, redact
 from haochaping.daemon.transport_serial import SerialTransport
 from haochaping.protocol import frame
 

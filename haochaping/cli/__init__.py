@@ -69,7 +69,7 @@ def demo(
     virtual terminals; exit 0 only if every pressed rating reached the receiver once."""
     import shutil
 
-    from haochaping.cmd_sim import run_hall
+    from haochaping.cli.sim import run_hall
 
     if mqtt is None:
         mqtt = shutil.which("mosquitto") is not None
@@ -96,14 +96,14 @@ def bench_protocol(as_json: bool, seconds: float) -> None:
             click.echo(f"{k:>24}: {v}")
 
 
-# Each part's commands live beside it (cmd_*.py); registered here so that
+# Each part's commands live beside it (haochaping/cli/*.py); registered here so that
 # `hcp --help` lists them all.
-from haochaping.cmd_daemon import core as _bench_core  # noqa: E402
-from haochaping.cmd_daemon import daemon as _daemon  # noqa: E402
-from haochaping.cmd_daemon import ingest as _bench_ingest  # noqa: E402
-from haochaping.cmd_firmware import firmware as _firmware  # noqa: E402
-from haochaping.cmd_sim import sim as _sim  # noqa: E402
-from haochaping.cmd_uplink import register as _register_uplink  # noqa: E402
+from haochaping.cli.daemon import core as _bench_core  # noqa: E402
+from haochaping.cli.daemon import daemon as _daemon  # noqa: E402
+from haochaping.cli.daemon import ingest as _bench_ingest  # noqa: E402
+from haochaping.cli.firmware import firmware as _firmware  # noqa: E402
+from haochaping.cli.sim import sim as _sim  # noqa: E402
+from haochaping.cli.uplink import register as _register_uplink  # noqa: E402
 
 main.add_command(_daemon)
 bench.add_command(_bench_ingest)

@@ -49,7 +49,7 @@ def add_terminal(
 ) -> None:
     """Provision a terminal (its key goes into the store, never to the log)."""
     from haochaping.daemon import config as config_mod
-    from haochaping.daemon.service import now_ms
+    from haochaping.daemon.clock import now_ms
     from haochaping.daemon.store import Store, StoreError
 
     path = config_path or ctx.obj.get("config")

@@ -363,7 +363,7 @@ def batch_verify(file: str, pubkey: tuple[str, ...], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def bench_uplink(ratings: int, batch_size: int, as_json: bool) -> None:
     """Outage drain: N buffered ratings delivered to the reference receiver."""
-    from haochaping.daemon.uplink import bench
+    from haochaping.daemon.bench import uplink as bench
 
     res = bench.drain(ratings, batch_size)
     if as_json:

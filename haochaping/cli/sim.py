@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -221,11 +222,14 @@ def _print_summary(s, details, ok) -> None:  # type: ignore[no-untyped-def]
 @click.option("--keep", type=click.Path(file_okay=False), default=None,
               help="With one seed: leave its SQLite files in this directory.")  # fmt: skip
 @click.option("--jobs", "-j", default=1, show_default=True, help="Processes to run seeds in.")
+@click.option("--per-seed", is_flag=True,
+              help="Print one outcome line per seed (JSON with --json), in seed order, to compare runs.")  # fmt: skip
 @click.option("--bug", type=click.Choice(["ack_before_commit", "free_before_ack"]), default=None,
               hidden=True, help="Test-only: break one rule on purpose.")  # fmt: skip
 def check_cmd(
-    n: int | None, first: int | None, as_json: bool, keep: str | None, jobs: int, bug: str | None
-) -> None:
+    n: int | None, first: int | None, as_json: bool, keep: str | None, jobs: int,
+    per_seed: bool, bug: str | None,
+) -> None:  # fmt: skip
     """Deterministic whole-system simulation: firmware, daemon, uplink and the
     provincial receiver in one process on a virtual clock, with seeded faults.
 
@@ -249,6 +253,9 @@ def check_cmd(
             _fail_exit([e], as_json, None, bug)
             return
         click.echo(json.dumps(res.as_dict()) if as_json else f"seed {seeds[0]} passed")
+        return
+    if per_seed:
+        _per_seed(vopr, seeds, bug, jobs, as_json)
         return
     if as_json:
         report = vopr.check(seeds, bug, jobs=jobs)
@@ -292,6 +299,26 @@ def _with_progress(vopr, seeds, bug, jobs):  # type: ignore[no-untyped-def]
             progress.update(task, advance=1, status=f"seed {seed}, {failed} failed")
 
         return vopr.check(seeds, bug, progress=tick, jobs=jobs)
+
+
+def _per_seed(vopr, seeds, bug, jobs, as_json) -> None:  # type: ignore[no-untyped-def]
+    """One line per seed, in seed order: the same lines for the same code."""
+    outcomes: dict[int, Any] = {}
+    report = vopr.check(seeds, bug, progress=lambda s, res: outcomes.__setitem__(s, res), jobs=jobs)
+    for s in sorted(outcomes):
+        res = outcomes[s]
+        if isinstance(res, vopr.SimFailure):
+            line = json.dumps({"seed": s, "failure": str(res)}) if as_json else f"FAIL {res}"
+        elif as_json:
+            line = json.dumps(res.as_dict(), sort_keys=True)
+        else:
+            st = res.stats
+            line = (f"seed {s}: pass, {st.get('presses', 0)} presses, {st.get('thanks', 0)} THANKS, "
+                    f"{st.get('at_receiver', 0)} at the receiver, {res.virtual_ms} virtual ms, "
+                    f"faults {','.join(res.plan.faults) or '-'}")  # fmt: skip
+        click.echo(line)
+    if report.failures:
+        sys.exit(1)
 
 
 def _fail_exit(failures, as_json, report, bug) -> None:  # type: ignore[no-untyped-def]

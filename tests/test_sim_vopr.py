@@ -173,3 +173,11 @@ def test_jobs_give_the_same_results_as_one_process() -> None:
     two = vopr.check(seeds, "ack_before_commit", jobs=2)
     assert [str(f) for f in one.failures] == [str(f) for f in two.failures]
     assert one.totals == two.totals and one.passed == two.passed
+
+
+def test_per_seed_lines_are_each_seeds_own_result() -> None:
+    r = CliRunner().invoke(main, ["sim", "check", "--seeds", "3", "--seed", "5", "--per-seed", "--json"])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in r.output.splitlines()]
+    assert [d["seed"] for d in lines] == [5, 6, 7]
+    assert lines[1] == json.loads(json.dumps(vopr.run(6).as_dict(), sort_keys=True))

@@ -12,6 +12,8 @@ Interface every board provides (Terminal uses nothing else):
     transport            .poll(now) .connected .recv() -> bytes|None .send(bytes)
     feed()               feed the watchdog
     free_heap()          bytes free (gc.mem_free())
+    new_id               optional: () -> random u32 for a newly formatted journal
+                         (default: os.urandom)
 """
 
 from haochaping.firmware import ui
@@ -94,7 +96,7 @@ class SimWDT:
 
 
 class SimBoard:
-    def __init__(self, journal, name="sim", reset_cause=1, wdt_ms=8000):
+    def __init__(self, journal, name="sim", reset_cause=1, wdt_ms=8000, new_id=None):
         """``journal``: a path, or an open binary file object (power-cut tests
         inject a writer that tears writes)."""
         self.name = name
@@ -108,6 +110,7 @@ class SimBoard:
         self.last_pattern = ui.P_IDLE
         self.last_button = 0
         self.tech_text = ""
+        self.new_id = new_id  # None: the journal's default (os.urandom)
 
     def reset_cause(self):
         return self._reset_cause

@@ -10,15 +10,22 @@ tests' power-cut writer all work.  Layout:
     32      32          meta slot B   } with the higher generation wins
     64      24 * cap    record slots; seq s lives in slot (s - 1) % cap
 
-    meta   (big-endian) magic "HJ", version 1, 0, gen u32, boot u16,
+    meta   (big-endian) magic "HJ", version 2, 0, gen u32, boot u16,
            acked u32 (every seq <= acked is stored by the daemon),
            rx_last u32 (the daemon's last accepted down counter),
-           capacity u16, CRC-16 of bytes 0..19 at 20..21, zero padding
+           capacity u16, journal id u32, CRC-16 of bytes 0..23 at 24..25,
+           zero padding.  A version 1 meta (no journal id, CRC at 20..21) is
+           read as journal id 0 and rewritten as version 2 at the next meta
+           write.
     record bytes 0..19 are the protocol's RATING record (seq, level|reason<<3,
            flags, session, device time, uptime ms, boot), 20..21 zero,
            22..23 CRC-16/CCITT-FALSE of bytes 0..21
 
 Rules:
+- The journal id is random (from the board's ``new_id``), never 0, and new
+  whenever the file is formatted: a wiped flash, a new board or a re-flash
+  starts a new sequence space, so its seqs are never taken for the old
+  journal's (SPEC.md section 5, "Journals").
 - ``append`` writes one record, then flush + os.sync (littlefs commits only
   on sync/close; MicroPython's flush is lfs_file_sync, os.sync covers FAT),
   and only then returns the seq.  A write error propagates: no THANKS.
@@ -56,9 +63,11 @@ DATA_AT = const(64)
 REC_LEN = const(24)
 REC_BODY = const(22)  # bytes covered by the CRC
 CAP_MAX = const(65535)
-VERSION = const(1)
-_META = ">2sBBIHIIH"  # magic, version, 0, gen, boot, acked, rx_last, capacity
-_META_BODY = const(20)
+VERSION = const(2)
+_META = ">2sBBIHIIHI"  # magic, version, 0, gen, boot, acked, rx_last, capacity, journal id
+_META_V1 = ">2sBBIHIIH"  # version 1: no journal id
+_META_BODY = const(24)
+_META_BODY_V1 = const(20)
 _REC = ">IBBIIIH"  # messages._REC: the wire record
 # The same bytes with time and uptime as 16-bit halves: on 32-bit ports UTC
 # seconds (> 2**30) are not small ints, and building them would allocate in
@@ -93,6 +102,20 @@ def open_file(path):
         return open(path, "w+b")
 
 
+def _new_id_default():
+    """A random journal id other than 0 (os.urandom on boards and CPython)."""
+    try:
+        import os
+
+        b = os.urandom(4)
+        v = (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]
+    except (ImportError, AttributeError, NotImplementedError):
+        import random
+
+        v = random.getrandbits(32)
+    return v if v else 1
+
+
 def _sync_default():
     try:
         import os
@@ -104,13 +127,16 @@ def _sync_default():
 
 
 class Journal:
-    def __init__(self, f, capacity=2000, sync=None):
-        """``f``: a binary file opened for reading and writing (r+b / w+b)."""
+    def __init__(self, f, capacity=2000, sync=None, new_id=None):
+        """``f``: a binary file opened for reading and writing (r+b / w+b).
+        ``new_id``: returns a random u32 for a newly formatted journal."""
         if not 1 <= capacity <= CAP_MAX:
             raise JournalError("capacity is 1..%d" % CAP_MAX)
         self.f = f
         self.capacity = capacity
         self._sync = sync if sync is not None else _sync_default()
+        self._new_id = new_id if new_id is not None else _new_id_default
+        self.id = 0  # journal id (0: formatted before journal identity)
         self._buf = bytearray(REC_LEN)
         self._mv = memoryview(self._buf)
         self._body = self._mv[:REC_BODY]
@@ -153,12 +179,20 @@ class Journal:
         mv = self._mmv
         if self._read_at(META_AT + slot * META_LEN, mv) != META_LEN:
             return None
-        if self._meta[0:2] != b"HJ" or self._meta[2] != VERSION:
+        m = self._meta
+        if m[0:2] != b"HJ":
             return None
-        c = crc16(mv[:_META_BODY])
-        if c != (self._meta[20] << 8 | self._meta[21]):
-            return None
-        return struct.unpack_from(_META, self._meta, 0)
+        if m[2] == VERSION:
+            c = crc16(mv[:_META_BODY])
+            if c != (m[_META_BODY] << 8 | m[_META_BODY + 1]):
+                return None
+            return struct.unpack_from(_META, m, 0)
+        if m[2] == 1:
+            c = crc16(mv[:_META_BODY_V1])
+            if c != (m[_META_BODY_V1] << 8 | m[_META_BODY_V1 + 1]):
+                return None
+            return struct.unpack_from(_META_V1, m, 0) + (0,)
+        return None
 
     def _load(self):
         self.f.seek(0, 2)
@@ -181,6 +215,7 @@ class Journal:
         m = metas[best]
         self._meta_slot = best
         self.gen, self.boot, self.acked, self.rx_last, cap = m[3], m[4], m[5], m[6], m[7]
+        self.id = m[8]
         if cap != self.capacity:
             # The file's own capacity wins: resizing would need a migration.
             self.capacity = cap
@@ -231,6 +266,8 @@ class Journal:
 
     def _format(self):
         self._zero_fill(0, file_size(self.capacity))
+        v = self._new_id() & 0xFFFFFFFF
+        self.id = v if v else 1
         self.gen = 0
         self._meta_slot = 1  # so the first meta write goes to slot A
         self.head = 1
@@ -258,10 +295,11 @@ class Journal:
             self.acked,
             self.rx_last,
             self.capacity,
+            self.id,
         )
         c = crc16(self._mmv[:_META_BODY])
-        m[20] = c >> 8
-        m[21] = c & 0xFF
+        m[_META_BODY] = c >> 8
+        m[_META_BODY + 1] = c & 0xFF
         slot = 1 - self._meta_slot
         self.f.seek(META_AT + slot * META_LEN)
         self.f.write(m)
@@ -329,6 +367,15 @@ class Journal:
         if self.boot >= 0xFFFF:
             raise JournalError("boot count exhausted")
         self.boot += 1
+        self._write_meta()
+        return self.boot
+
+    def raise_boot(self, epoch):
+        """Continue at boot count ``epoch`` (the daemon saw higher counters:
+        this journal's boot count went back); durable before it is used."""
+        if not self.boot < epoch <= 0xFFFF:
+            raise JournalError("boot count %d cannot move to %d" % (self.boot, epoch))
+        self.boot = epoch
         self._write_meta()
         return self.boot
 

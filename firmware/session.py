@@ -11,9 +11,11 @@ States (one table, rules below):
     UP     the daemon knows our journal: unacknowledged records flow
 
 Rules:
- 1. Every (re)connect sends HELLO (journal head, tail, acked, capacity, boot,
-    reset cause).  Records flow only after the ACK that answers it, so the
-    resend starts from what the daemon really has.
+ 1. Every (re)connect sends HELLO (journal id, head, tail, acked, capacity,
+    boot, reset cause).  Records flow only after the ACK that answers it, so
+    the resend starts from what the daemon really has.  An ACK naming another
+    journal id than ours frees nothing (an old ACK of a journal this flash no
+    longer holds).
  2. Records are sent oldest first, up to 11 per RATINGS frame (one alone goes
     as RATING), with at most WINDOW frames outstanding; an ACK (cumulative)
     frees journal slots (persisted with the down counter) and opens the
@@ -25,7 +27,11 @@ Rules:
  4. ERROR_DOWN E_HELLO_REQUIRED (daemon restarted) sends HELLO again.
  5. The up counter's epoch is the boot count: when an epoch runs out of
     counters (CounterExhausted) the persisted boot count is bumped and the
-    link continues in the new epoch.
+    link continues in the new epoch.  ERROR_DOWN REPLAY with ``ref`` at or
+    above our epoch (our boot count went back: a wiped, replaced or restored
+    journal) raises the boot count above ``ref``'s epoch, then HELLO again.
+    ``restart_epoch`` starts a new epoch with uptime from 0 (before uptime
+    would wrap), then HELLO again.
  6. Frames that fail the protocol checks change no state; they are counted
     and the last error code kept for STATUS.
 """
@@ -148,6 +154,8 @@ class Session:
         self.last_error = 0
         self.rx_errors = 0
         self.resends = 0
+        self.foreign_acks = 0  # ACKs naming another journal (ignored)
+        self.epoch_jumps = 0  # boot count raised on the daemon's REPLAY hint
         self.frames_sent = 0
         self.records_sent = 0
         self.uptime = _zero  # callable -> uptime ms (the terminal's)
@@ -193,6 +201,7 @@ class Session:
                 j.capacity,
                 self.uptime() & 0xFFFFFFFF,
                 1 if self.clock.synced else 0,
+                j.id,
             )
         )
         self.hello_at = now
@@ -227,8 +236,11 @@ class Session:
         t = f.type
         out = None
         if t == _m.Ack.TYPE:
-            self.journal.ack(msg.seq, f.counter)
-            self._on_ack(msg.seq, now)
+            if msg.journal == self.journal.id:
+                self.journal.ack(msg.seq, f.counter)
+                self._on_ack(msg.seq, now)
+            else:
+                self.foreign_acks += 1
         elif t == _m.Time.TYPE:
             self.clock.set(msg.utc_ms, self.uptime())
         elif t == _m.ErrorDown.TYPE:
@@ -236,10 +248,33 @@ class Session:
             if msg.code == _m.E_HELLO_REQUIRED and self.state != L_DOWN:
                 self._go(LE_HELLO_REQUIRED)
                 self._hello(now)
+            elif msg.code == _m.E_REPLAY:
+                self._catch_up(msg.ref >> 16, now)
         else:
             out = msg
         self.link.accept(f)
         return out
+
+    def _catch_up(self, epoch, now):
+        """The daemon accepted counters up to ``epoch``: continue above it."""
+        if epoch < self.link.epoch or epoch >= 0xFFFF:
+            return
+        self.link.new_epoch(self.journal.raise_boot(epoch + 1))
+        self.epoch_jumps += 1
+        if self.state != L_DOWN:
+            self._go(LE_HELLO_REQUIRED)
+            self._hello(now)
+
+    def restart_epoch(self, now, uptime_ms):
+        """A new boot epoch whose uptime starts at 0 (``uptime_ms`` is the
+        uptime it leaves behind); the daemon learns it from the HELLO."""
+        self.link.new_epoch(self.journal.bump_boot())
+        if self.clock.synced:
+            self.clock.set(self.clock.offset_ms + uptime_ms, 0)
+        if self.state != L_DOWN:
+            self._go(LE_HELLO_REQUIRED)
+            self._hello(now)
+        return self._take()
 
     def _on_ack(self, seq, now):
         if self.state == L_DOWN:
@@ -290,7 +325,7 @@ class Session:
         for seq in range(first, last + 1):
             r = j.record(seq)
             if r is not None:
-                recs.append(_m.Rating(*r))
+                recs.append(_m.Rating(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], j.id))
         if recs:
             if len(recs) == 1:
                 self._send(recs[0])

@@ -20,6 +20,9 @@ from haochaping.protocol import messages as _m
 F_TIME_SYNCED = 0x01
 HIGH_WATER_PCT = 80
 LINK_FAULT_MS = 900000  # link down this long shows FAULT (C_LINK_FAULT_S)
+# Uptime fields are u32 ms (wrap at 49.7 days): a new boot epoch starts
+# before, at 46.3 days, so (boot, uptime) always names one instant (SPEC.md 5).
+EPOCH_UPTIME_S = 4000000
 
 
 class Terminal:
@@ -28,7 +31,7 @@ class Terminal:
 
         self.board = board
         self.terminal_id = terminal_id
-        self.journal = Journal(board.journal_file(), capacity)
+        self.journal = Journal(board.journal_file(), capacity, new_id=getattr(board, "new_id", None))
         boot = self.journal.bump_boot()  # durable before the epoch is used
         self.link = Link(TERMINAL, terminal_id, key, boot, self.journal.rx_last)
         self.session = Session(self.link, self.journal, board.name, board.reset_cause())
@@ -37,6 +40,7 @@ class Terminal:
         self.ev = ui.Evaluator(settings)
         self.buttons = Buttons(debounce_ms)
         self.link_fault_ms = LINK_FAULT_MS
+        self.epoch_uptime_s = EPOCH_UPTIME_S
         self.up_s = 0  # uptime as seconds + ms: small ints for decades
         self.up_ms = 0
         self._last = None
@@ -61,6 +65,8 @@ class Terminal:
                 self.up_s += ms // 1000
                 ms = ms % 1000
             self.up_ms = ms
+            if self.up_s >= self.epoch_uptime_s:
+                self._new_epoch(now)
         ev = self.ev
         b = self.buttons
         pressed = b.update(self.board.read_buttons(), now)
@@ -145,6 +151,14 @@ class Terminal:
         elif self.link_fault_ms and ui.ticks_diff(now, self._down_since) >= self.link_fault_ms:
             if not self.ev.faults & ui.FAULT_LINK:
                 self._check = True
+
+    def _new_epoch(self, now):
+        left = self._uptime()
+        self.up_s = 0
+        self.up_ms = 0
+        frames = self.session.restart_epoch(now, left)
+        if self.board.transport.connected:
+            self._send_all(frames)
 
     def _send_all(self, frames):
         t = self.board.transport

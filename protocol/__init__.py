@@ -17,4 +17,4 @@ clock.  Modules are imported lazily by their users to save RAM on boards:
 See SPEC.md beside this file for the byte-level definition.
 """
 
-VERSION = 1
+VERSION = 2  # v2: journal identity in HELLO, RATING, RATINGS and ACK

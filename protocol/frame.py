@@ -1,7 +1,7 @@
 """The authenticated frame, the unit both transports carry.
 
     offset  size  field
-    0       1     version (1)
+    0       1     version (2)
     1       1     message type (bit 7: 1 = daemon -> terminal)
     2       4     terminal id, big-endian
     6       4     counter, big-endian: epoch << 16 | n (SPEC.md "Counters")
@@ -19,7 +19,7 @@ from haochaping.protocol import messages
 from haochaping.protocol.auth import TAG_LEN
 from haochaping.protocol.errors import AuthError, FrameError, FrameTooLong, VersionError
 
-VERSION = 1
+VERSION = 2  # v2: journal identity in HELLO, RATING, RATINGS and ACK
 HEADER_LEN = 10
 MAX_FRAME = 256  # header + payload + tag
 MAX_PAYLOAD = MAX_FRAME - HEADER_LEN - TAG_LEN  # 238

@@ -1,4 +1,4 @@
-"""Every message of protocol v1 and its payload layout (big-endian).
+"""Every message of protocol v2 and its payload layout (big-endian).
 
 A message is a plain object: its fields are attributes named in ``FIELDS``,
 ``payload()`` packs them and ``from_payload()`` parses and validates them,
@@ -26,7 +26,8 @@ F_TIME_SYNCED = 0x01  # device clock was set by TIME when the press happened
 F_REASON_TIMEOUT = 0x02  # 差评 whose reason step timed out
 F_NO_CASE = 0x04  # recorded with no armed case (no-case policy "record")
 F_RAPID = 0x08  # came sooner than the minimum interval after the last one
-F_REPEATED = 0x10  # extra presses were seen during THANKS for this rating
+# Bit 4 (was REPEATED in drafts) is reserved: a record is durable before THANKS,
+# so presses during THANKS cannot be written into it; STATUS counts them.
 
 RECORD_LEN = 20  # one rating record on the wire
 MAX_RECORDS = 11  # ratings in one RATINGS frame (fits MAX_PAYLOAD)
@@ -35,6 +36,7 @@ ERROR_TEXT_MAX = 64  # bytes of UTF-8 text in ERROR
 CONFIG_MAX = 47  # entries in one CONFIG frame
 DIGEST_LEN = 4  # bytes of case digest in ARM
 
+JOURNAL_LEN = 4  # the journal id before the records of RATING / RATINGS
 _REC = ">IBBIIIH"  # seq, level|reason<<3, flags, session, time, uptime_ms, boot
 
 
@@ -94,8 +96,9 @@ class Hello(Message):
         "capacity",
         "uptime_ms",
         "flags",
+        "journal",
     )
-    _FMT = ">HBIIIHIB"
+    _FMT = ">HBIIIIHIB"  # boot, reset cause, journal, head, tail, acked, capacity, uptime, flags
 
     def __init__(
         self,
@@ -109,6 +112,7 @@ class Hello(Message):
         capacity=0,
         uptime_ms=0,
         flags=0,
+        journal=0,
     ):
         self.fw = tuple(fw)
         self.board = board
@@ -120,6 +124,7 @@ class Hello(Message):
         self.capacity = capacity
         self.uptime_ms = uptime_ms
         self.flags = flags
+        self.journal = journal
 
     def check(self):
         if len(self.fw) != 3:
@@ -140,8 +145,13 @@ class Hello(Message):
         _u(self.capacity, 16, "capacity")
         _u(self.uptime_ms, 32, "uptime_ms")
         _u(self.flags, 8, "flags")
+        _u(self.journal, 32, "journal")
+        if self.tail < 1:
+            raise MessageError("journal tail is a seq: 1 or more")
         if self.tail > self.head:
             raise MessageError("journal tail is past its head")
+        if self.acked >= self.tail:
+            raise MessageError("acknowledged seq is not below the journal tail")
         return self
 
     def payload(self):
@@ -155,6 +165,7 @@ class Hello(Message):
                 self._FMT,
                 self.boot,
                 self.reset_cause,
+                self.journal,
                 self.head,
                 self.tail,
                 self.acked,
@@ -175,19 +186,21 @@ class Hello(Message):
             board = bytes(p[4 : 4 + n]).decode()
         except UnicodeError:
             raise MessageError("board must be printable ASCII") from None
-        v = struct.unpack(cls._FMT, p[4 + n :])
-        return cls(tuple(p[0:3]), board, *v).check()
+        boot, cause, journal, head, tail, acked, cap, up, flags = struct.unpack(cls._FMT, p[4 + n :])
+        return cls(tuple(p[0:3]), board, boot, cause, head, tail, acked, cap, up, flags, journal).check()
 
 
 class Rating(Message):
-    """One rating record; also the unit of RATINGS."""
+    """One rating record; also the unit of RATINGS.  ``journal`` is the id of
+    the terminal's journal the record was written in: on the wire it comes
+    once before the record(s) of the frame, not in the 20-byte record."""
 
     TYPE = 0x02
     NAME = "RATING"
-    FIELDS = ("seq", "level", "reason", "flags", "session", "time", "uptime_ms", "boot")
+    FIELDS = ("seq", "level", "reason", "flags", "session", "time", "uptime_ms", "boot", "journal")
 
     def __init__(
-        self, seq=1, level=5, reason=0, flags=0, session=0, time=0, uptime_ms=0, boot=0
+        self, seq=1, level=5, reason=0, flags=0, session=0, time=0, uptime_ms=0, boot=0, journal=0
     ):
         self.seq = seq
         self.level = level
@@ -197,8 +210,10 @@ class Rating(Message):
         self.time = time
         self.uptime_ms = uptime_ms
         self.boot = boot
+        self.journal = journal
 
     def check(self):
+        _u(self.journal, 32, "journal")
         _u(self.seq, 32, "seq")
         if self.seq == 0:
             raise MessageError("seq starts at 1")
@@ -231,20 +246,22 @@ class Rating(Message):
         )
 
     def payload(self):
-        buf = bytearray(RECORD_LEN)
-        self.pack_into(buf, 0)
+        buf = bytearray(JOURNAL_LEN + RECORD_LEN)
+        _u(self.journal, 32, "journal")
+        struct.pack_into(">I", buf, 0, self.journal)
+        self.pack_into(buf, JOURNAL_LEN)
         return bytes(buf)
 
     @classmethod
-    def unpack_from(cls, p, off):
+    def unpack_from(cls, p, off, journal=0):
         seq, lr, flags, session, t, up, boot = struct.unpack_from(_REC, p, off)
-        return cls(seq, lr & 7, lr >> 3, flags, session, t, up, boot).check()
+        return cls(seq, lr & 7, lr >> 3, flags, session, t, up, boot, journal).check()
 
     @classmethod
     def from_payload(cls, p):
-        if len(p) != RECORD_LEN:
-            raise MessageError("RATING payload must be %d bytes" % RECORD_LEN)
-        return cls.unpack_from(p, 0)
+        if len(p) != JOURNAL_LEN + RECORD_LEN:
+            raise MessageError("RATING payload must be %d bytes" % (JOURNAL_LEN + RECORD_LEN))
+        return cls.unpack_from(p, JOURNAL_LEN, struct.unpack_from(">I", p, 0)[0])
 
     @property
     def bad(self):
@@ -252,7 +269,8 @@ class Rating(Message):
 
 
 class Ratings(Message):
-    """Several consecutive-or-not rating records in one frame (journal drain)."""
+    """Several consecutive-or-not rating records of one journal in one frame
+    (journal drain)."""
 
     TYPE = 0x03
     NAME = "RATINGS"
@@ -261,19 +279,29 @@ class Ratings(Message):
     def __init__(self, records=()):
         self.records = list(records)
 
+    @property
+    def journal(self):
+        return self.records[0].journal if self.records else 0
+
     def check(self):
         if not 1 <= len(self.records) <= MAX_RECORDS:
             raise MessageError("RATINGS carries 1..%d records" % MAX_RECORDS)
+        j = None
         for r in self.records:
             if not isinstance(r, Rating):
                 raise MessageError("RATINGS carries Rating records")
+            if j is None:
+                j = r.journal
+            elif r.journal != j:
+                raise MessageError("the records of one RATINGS come from one journal")
         return self
 
     def payload(self):
         self.check()
-        buf = bytearray(1 + RECORD_LEN * len(self.records))
-        buf[0] = len(self.records)
-        off = 1
+        _u(self.journal, 32, "journal")
+        buf = bytearray(JOURNAL_LEN + 1 + RECORD_LEN * len(self.records))
+        struct.pack_into(">IB", buf, 0, self.journal, len(self.records))
+        off = JOURNAL_LEN + 1
         for r in self.records:
             r.pack_into(buf, off)
             off += RECORD_LEN
@@ -281,12 +309,13 @@ class Ratings(Message):
 
     @classmethod
     def from_payload(cls, p):
-        if len(p) < 1:
-            raise MessageError("RATINGS payload is empty")
-        n = p[0]
-        if not 1 <= n <= MAX_RECORDS or len(p) != 1 + n * RECORD_LEN:
+        if len(p) < JOURNAL_LEN + 1:
+            raise MessageError("RATINGS payload is too short")
+        j, n = struct.unpack_from(">IB", p, 0)
+        base = JOURNAL_LEN + 1
+        if not 1 <= n <= MAX_RECORDS or len(p) != base + n * RECORD_LEN:
             raise MessageError("RATINGS count does not match its length")
-        return cls([Rating.unpack_from(p, 1 + i * RECORD_LEN) for i in range(n)])
+        return cls([Rating.unpack_from(p, base + i * RECORD_LEN, j) for i in range(n)])
 
 
 # STATUS alarm bits
@@ -389,6 +418,12 @@ class ErrorDown(Error):
     NAME = "ERROR_DOWN"
 
 
+# The daemon's answer to an authentic frame refused as a replay (the code of
+# errors.ReplayError): ``ref`` is the last up counter it accepted from the
+# terminal, so a terminal whose boot count went back (a wiped or replaced
+# journal) continues in an epoch above it (SPEC.md section 5).
+E_REPLAY = 10
+
 # Application error codes beyond the ProtocolError codes (errors.BY_CODE).
 E_HELLO_REQUIRED = 32  # the daemon needs a HELLO before it can ACK
 E_UNKNOWN_TERMINAL = 33
@@ -476,24 +511,29 @@ class Disarm(Message):
 
 
 class Ack(Message):
+    """Cumulative: every seq <= ``seq`` of journal ``journal`` is durably stored."""
+
     TYPE = 0x84
     NAME = "ACK"
-    FIELDS = ("seq",)
+    FIELDS = ("seq", "journal")
 
-    def __init__(self, seq=0):
+    def __init__(self, seq=0, journal=0):
         self.seq = seq
+        self.journal = journal
 
     def check(self):
         _u(self.seq, 32, "seq")
+        _u(self.journal, 32, "journal")
         return self
 
     def payload(self):
         self.check()
-        return struct.pack(">I", self.seq)
+        return struct.pack(">II", self.journal, self.seq)
 
     @classmethod
     def from_payload(cls, p):
-        return cls(*_unpack(">I", p, "ACK")).check()
+        j, seq = _unpack(">II", p, "ACK")
+        return cls(seq, j).check()
 
 
 # CONFIG keys (SPEC.md "Settings").  Unknown keys are ignored by terminals.

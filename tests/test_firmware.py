@@ -252,3 +252,26 @@ def test_sim_watchdog_fires_when_the_loop_stalls() -> None:
     w.check(8000)
     with pytest.raises(WatchdogReset):
         w.check(8001)
+
+
+def test_two_months_of_uptime_never_wrap_a_ratings_time() -> None:
+    """With the real EPOCH_UPTIME_S: a terminal left on for 60 days starts one
+    new epoch (at 46.3 days) and a press on day 60 still carries its true time."""
+    from haochaping.firmware import terminal as term
+
+    r = sc.Rig()
+    r.run(200)
+    boot = r.t.journal.boot
+    day = 24 * 3600 * 1000
+    r.run(60 * day, 6 * 3600 * 1000)
+    assert r.t.journal.boot == boot + 1
+    assert r.t.up_s < (60 * day // 1000) - term.EPOCH_UPTIME_S + 7 * 3600
+    r.arm(5)
+    r.press(1)
+    r.idle()
+    r.run(200)
+    rec = r.peer.stored[1]
+    assert rec[7] == boot + 1 and rec[6] < 2**32
+    from fw_peer import UTC0
+
+    assert abs(rec[5] - (UTC0 + r.now) // 1000) <= 2

@@ -20,23 +20,32 @@ u32 = st.integers(0, 0xFFFFFFFF)
 
 
 @st.composite
-def ratings(draw: st.DrawFn) -> m.Rating:
+def ratings(draw: st.DrawFn, journal: int | None = None) -> m.Rating:
     level = draw(st.integers(1, 5))
     reason = draw(st.integers(0, m.REASON_MAX)) if level <= m.BAD_MAX else 0
     return m.Rating(
         seq=draw(st.integers(1, 0xFFFFFFFF)), level=level, reason=reason, flags=draw(u8),
         session=draw(u32), time=draw(u32), uptime_ms=draw(u32), boot=draw(u16),
+        journal=draw(u32) if journal is None else journal,
     )
 
 
 @st.composite
+def ratings_frames(draw: st.DrawFn) -> m.Ratings:
+    j = draw(u32)
+    return m.Ratings(draw(st.lists(ratings(j), min_size=1, max_size=m.MAX_RECORDS)))
+
+
+@st.composite
 def hellos(draw: st.DrawFn) -> m.Hello:
-    head = draw(u32)
+    head = draw(st.integers(1, 0xFFFFFFFF))
+    tail = draw(st.integers(1, head))
     return m.Hello(
         fw=(draw(u8), draw(u8), draw(u8)),
         board=draw(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=m.BOARD_MAX)),
-        boot=draw(u16), reset_cause=draw(u8), head=head, tail=draw(st.integers(0, head)),
-        acked=draw(u32), capacity=draw(u16), uptime_ms=draw(u32), flags=draw(u8),
+        boot=draw(u16), reset_cause=draw(u8), head=head, tail=tail,
+        acked=draw(st.integers(0, tail - 1)), capacity=draw(u16), uptime_ms=draw(u32), flags=draw(u8),
+        journal=draw(u32),
     )
 
 
@@ -65,13 +74,13 @@ def errors_(draw: st.DrawFn) -> m.Error:
 any_message = st.one_of(
     hellos(),
     ratings(),
-    st.lists(ratings(), min_size=1, max_size=m.MAX_RECORDS).map(m.Ratings),
+    ratings_frames(),
     statuses(),
     errors_(),
     st.integers(0, 2**64 - 1).map(m.Time),
     st.builds(m.Arm, st.integers(1, 0xFFFFFFFF), st.integers(1, 0xFFFF), st.binary(min_size=4, max_size=4)),
     u32.map(m.Disarm),
-    u32.map(m.Ack),
+    st.builds(m.Ack, u32, u32),
     st.lists(st.tuples(u8, u32), max_size=m.CONFIG_MAX).map(m.Config),
 )
 

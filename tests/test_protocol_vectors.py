@@ -69,3 +69,11 @@ def test_spec_lists_every_vector() -> None:
     doc = load()
     for v in doc["valid"]:
         assert v["wire"] in spec.replace(" ", "").replace("\n", ""), v["name"]
+
+
+def test_spec_section_10_is_what_the_generator_writes() -> None:
+    """SPEC.md's vectors are generated from vectors.json, never edited by hand."""
+    from . import vector_gen
+
+    spec = (ROOT / "protocol" / "SPEC.md").read_text("utf-8")
+    assert spec.endswith(vector_gen.spec_vectors(load())), "run: python tests/vector_gen.py --write"

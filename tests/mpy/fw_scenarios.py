@@ -112,13 +112,17 @@ class Rig:
         if start:
             self.boot()
 
-    def boot(self):
+    def boot(self, keep_rx=False):
+        """Power on.  ``keep_rx``: the peer keeps its replay guard (as the
+        daemon does); otherwise it forgets it, since a test's reboot starts a
+        higher epoch anyway."""
         self.board = SimBoard(self.f)
         self.board.now = self.now
         self.t = Terminal(self.board, TID, KEY, self.capacity)
         self.t.ev.settings.no_case_policy = self.policy
         self.t.link_fault_ms = 0
-        self.peer.link.rx_last = 0  # the terminal starts a new (higher) epoch
+        if not keep_rx:
+            self.peer.link.rx_last = 0
         self.board.transport.connected = True
 
     def step(self, ms=10):
@@ -500,9 +504,13 @@ def link_fault():
 
 
 def replaced_board():
-    """A board with the same terminal id but fresh flash (swapped or erased)
-    must not reuse seqs the daemon already holds."""
+    """A board with the same terminal id and key but fresh flash (swapped or
+    erased): its journal gets a new id, its boot count starts again below the
+    daemon's replay guard, the daemon's REPLAY hint moves it to a higher epoch,
+    and its ratings start a new sequence space: none is taken for one of the
+    old board's, and an old ACK still on the wire frees nothing."""
     r = Rig(policy=ui.RECORD)
+    r.peer.replay_hints = True
     r.t.ev.settings.min_interval_ms = 0
     r.run(100)
     for i in range(3):
@@ -510,16 +518,94 @@ def replaced_board():
         r.idle()
     r.run(200)
     check(r.peer.count == 3, "first board stored %d" % r.peer.count)
+    old_journal = r.t.journal.id
+    old_epoch = r.t.link.epoch
+    stale_ack = r.peer.send(m.Ack(3, old_journal))
     r.f = MemFile()  # the new board
-    r.boot()
-    r.run(200)
-    check(r.t.journal.head == 4, "new board's head %d" % r.t.journal.head)
+    r.boot(keep_rx=True)
+    check(r.t.journal.id not in (0, old_journal), "new flash, same journal id %d" % r.t.journal.id)
+    check(r.t.link.epoch <= old_epoch, "the test needs a boot count that went back")
+    r.t.journal.append(5, 0, 0, 0, 0, 0, r.t.journal.boot)  # a press before the link is up
+    r.board.transport.deliver(stale_ack)  # the old board's last ACK, still on the wire
+    r.t.step(r.now)
+    check(r.t.session.foreign_acks == 1, "an ACK of another journal was not ignored")
+    check(r.t.journal.used == 1, "an ACK of another journal freed a record")
+    r.run(300)
+    check(r.t.link.epoch > old_epoch, "no epoch catch-up: epoch %d" % r.t.link.epoch)
+    check(r.t.session.state == 2, "new board's link not UP")
     r.press(4)
     r.press(0)
     r.idle()
     r.run(200)
-    check(r.peer.count == 4 and r.peer.stored[4][1:3] == (1, 1), "seq 4: %r" % (r.peer.stored,))
-    return {"head": r.t.journal.head}
+    check(r.peer.count == 5, "stored %d ratings, want 5" % r.peer.count)
+    check(r.peer.journal == r.t.journal.id and r.peer.stored[2][1:3] == (1, 1),
+          "new journal's seq 2: %r" % (r.peer.stored,))
+    check(len(r.peer.journals[old_journal]) == 3, "the old board's ratings changed")
+    return {"head": r.t.journal.head, "epoch": r.t.link.epoch}
+
+
+def legacy_journal():
+    """A journal written by firmware before journal identity (meta version 1)
+    opens as journal 0 with its records, and its next meta write is version 2
+    with the same id, so the daemon's legacy rows (journal 0) stay its own."""
+    import struct
+
+    from haochaping.firmware import journal as jm
+    from haochaping.protocol.crc import crc16
+
+    cap = 8
+    flash = bytearray(jm.file_size(cap))
+    meta = bytearray(jm.META_LEN)
+    struct.pack_into(">2sBBIHIIH", meta, 0, b"HJ", 1, 0, 5, 3, 2, 0, cap)
+    c = crc16(memoryview(meta)[:20])
+    meta[20] = c >> 8
+    meta[21] = c & 0xFF
+    flash[0 : jm.META_LEN] = meta
+    for seq in (3, 4):  # two unacknowledged records (acked = 2)
+        rec = bytearray(jm.REC_LEN)
+        struct.pack_into(">IBBIIIH", rec, 0, seq, 5, 0, 0, 0, 100 * seq, 3)
+        c = crc16(memoryview(rec)[:22])
+        rec[22] = c >> 8
+        rec[23] = c & 0xFF
+        off = jm.DATA_AT + ((seq - 1) % cap) * jm.REC_LEN
+        flash[off : off + jm.REC_LEN] = rec
+    f = MemFile(flash)
+    j = jm.Journal(f, cap)
+    check(j.id == 0, "legacy journal id %d" % j.id)
+    check((j.acked, j.head, j.boot) == (2, 5, 3), "legacy state %r" % ((j.acked, j.head, j.boot),))
+    check(j.record(3) is not None and j.record(4) is not None, "legacy records lost")
+    j.ack(3)
+    check(f.data[jm.META_LEN + 2] == 2 or f.data[2] == 2, "the meta was not rewritten as v2")
+    j2 = jm.Journal(f, cap)
+    check((j2.id, j2.acked, j2.head) == (0, 3, 5), "reopened: %r" % ((j2.id, j2.acked, j2.head),))
+    return {}
+
+
+def uptime_epoch():
+    """Before uptime would wrap, the terminal starts a new boot epoch with
+    uptime 0 and says HELLO; a rating after it carries the new boot and a
+    device time that continues the old one."""
+    r = Rig()
+    r.t.epoch_uptime_s = 5
+    r.run(200)
+    check(r.t.session.clock.synced, "no TIME")
+    boot = r.t.journal.boot
+    hellos = r.peer.hellos
+    r.run(5000, 50)
+    check(r.t.journal.boot == boot + 1, "no new epoch: boot %d" % r.t.journal.boot)
+    check(r.peer.hellos == hellos + 1, "no HELLO for the new epoch")
+    check(r.peer.last_hello.boot == boot + 1 and r.peer.last_hello.uptime_ms < 1000,
+          "HELLO %r" % (r.peer.last_hello,))
+    t_before = (m.Time.TYPE, r.now)
+    r.arm(9)
+    r.press(0)
+    r.idle()
+    r.run(200)
+    rec = r.peer.stored[1]
+    check(rec[7] == boot + 1 and rec[6] < 2000, "rating (uptime, boot) %r" % (rec,))
+    want = (1764000000000 + t_before[1]) // 1000
+    check(abs(rec[5] - want) <= 2, "device time %d, want about %d" % (rec[5], want))
+    return {}
 
 
 SCENARIOS = (
@@ -534,4 +620,6 @@ SCENARIOS = (
     daemon_restart_and_disarm,
     link_fault,
     replaced_board,
+    legacy_journal,
+    uptime_epoch,
 )

@@ -8,29 +8,40 @@ before the terminal's clock was synced, and flags abuse patterns as
 annotations (never by dropping a rating).
 
 What it must never do: read a clock, touch a file, socket or port, or send an
-ACK for a rating that has not been committed.  The shell calls:
+ACK for a rating that has not been received and committed.  The shell calls:
 
     out = core.receive(source, data, now_ms)      # a frame from a transport
     ... store out.store together with core.take_updates() in ONE commit ...
     acks = core.committed(stored, now_ms)         # only after the commit returned
     core.failed(out.store)                        # or, if the commit failed
+    core.clock_stepped(delta_ms)                  # the shell saw its wall clock step
 
 ``receive`` never raises for anything a terminal or the network can send; a
 refusal comes back as ``out.refused`` (a short reason) and is counted.
 
-Rules:
+Rules (SPEC.md section 5):
 - A frame whose terminal id is not provisioned is refused ('unknown_terminal').
 - A frame failing the tag is refused ('auth'); a counter not above the last
-  accepted one ('replay').  Either changes no state.
+  accepted one ('replay').  Either changes no state.  An authentic replayed
+  frame (a terminal whose boot count went back) is answered, at most once per
+  REPLAY_HINT_MS, with ERROR REPLAY naming the last accepted counter.
 - One terminal per serial port: a port that carried terminal A refuses frames
   naming B ('wrong_source') until it is reopened.
-- HELLO: TIME, then ACK(contiguous stored mark from tail-1), then CONFIG if set.
-- RATING/RATINGS: every record goes to the store (the store's UNIQUE
-  (terminal_id, seq) makes duplicates a no-op); after the commit, one
-  cumulative ACK per terminal in the group.  Before any HELLO the records are
-  stored and ERROR(E_HELLO_REQUIRED) asks for one: the ACK needs the tail.
-- TIME again when a synced rating's clock is off by more than DRIFT_MAX_MS
-  (at most once per TIME_MIN_INTERVAL_MS per terminal).
+- Ratings are (terminal, journal, seq).  HELLO names the journal: a journal
+  not seen before starts a new sequence space (event 'journal_new'); a head
+  at or below what the store holds of that journal is an older image
+  ('journal_behind').  Either way, and whenever the terminal's tail or head
+  moved back, the acknowledgement point restarts at tail-1 and moves only
+  over records received again and held.
+- HELLO: TIME, then ACK(journal, mark), then CONFIG if set.
+- RATING/RATINGS: every record goes to the store (identical resends are
+  duplicates; a divergent record under a held seq becomes a fork, store.py);
+  after the commit, one cumulative ACK per terminal in the group, for the
+  journal of its HELLO.  Before any HELLO the records are stored and
+  ERROR(E_HELLO_REQUIRED) asks for one: the ACK needs the tail.
+- Assess time by the clock rule of SPEC.md section 5 ('clock_off',
+  'clock_clamped'); TIME again when a synced rating's clock is off by more
+  than DRIFT_MAX_MS (at most once per TIME_MIN_INTERVAL_MS per terminal).
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from haochaping.daemon.store import NewRating, Stored, TerminalRecord
+from haochaping.daemon.store import NewRating, Stored, TerminalRecord, Updates
 from haochaping.protocol import errors, frame, link, messages
 from haochaping.protocol.auth import Key
 
@@ -57,6 +68,8 @@ ARM_TIMEOUT_S = 120
 SESSION_KEEP_MS = 7 * 24 * 3600 * 1000  # sessions a late rating may still bind to
 SESSIONS_PRUNE_AT = 10_000  # sessions in memory before old ones are pruned
 FUTURE_SLACK_MS = 5_000  # assess time later than receipt by more: clamped
+CLOCK_TOLERANCE_MS = 60_000  # device time further than this from the daemon's view: 'clock_off'
+REPLAY_HINT_MS = 5_000  # at most one ERROR REPLAY per terminal in this long
 
 REFUSAL_REASONS = (
     "unknown_terminal",
@@ -70,6 +83,7 @@ REFUSAL_REASONS = (
     "wrong_source",
     "version",
 )
+EVENT_KINDS = ("journal_new", "journal_switch", "journal_behind")
 
 
 class ArmError(Exception):
@@ -115,6 +129,7 @@ class Output:
     send: list[tuple[int, bytes]] = field(default_factory=list)  # may go at once (not ACKs)
     refused: str | None = None
     kind: str | None = None  # message name, for metrics
+    authentic: bool = False  # the tag verified (the source may be answered)
 
 
 class _Peer:
@@ -126,16 +141,20 @@ class _Peer:
         key = Key(rec.key)
         self.up = link.Link(link.DAEMON, rec.id, key, 0, rx_last=rec.rx_counter)
         self.down = link.Link(link.DAEMON, rec.id, key, min(rec.down_epoch, link.EPOCH_MAX))
-        self.high_seq = rec.high_seq
+        self.journal: int | None = rec.journal_id  # of the last HELLO; ACKs name it
+        self.highs = dict(rec.journals)  # journal id -> highest seq stored
         self.boots = dict(rec.boots)  # boot -> daemon ms at uptime 0
         self.hello = False
-        self.mark = 0  # every seq in (tail-1, mark] is stored
+        self.mark = 0  # every seq of self.journal in (tail-1, mark] was received and is stored
         self.stored_ahead: set[int] = set()
         self.last_seen = -1
         self.last_time_ms = -TIME_MIN_INTERVAL_MS
         self.no_case: deque[int] = deque()
         self.source: str | None = None
         self.epoch_dirty = False
+        self.last_hint = -REPLAY_HINT_MS
+        self.synced_at_step: int | None = None  # core.step_total when TIME was last sent
+        self.need_time = False  # the daemon's clock stepped: send TIME at the next frame
 
 
 class Core:
@@ -152,9 +171,9 @@ class Core:
         self.sessions: dict[int, Session] = {s.token: s for s in sessions}
         self.armed: dict[int, int] = {}  # terminal id -> live session token
         self.config = list(config)
-        self.updates: dict[int, dict[str, Any]] = {}
-        self.new_boots: list[tuple[int, int, int]] = []
+        self.pending = Updates()
         self.counters: dict[str, int] = {}
+        self.step_total = 0  # sum of the daemon clock steps seen in this run (ms)
         self.source_of: dict[str, int] = {}  # serial source -> terminal id it carries
 
     def update_terminals(self, terminals: dict[int, TerminalRecord]) -> int:
@@ -170,6 +189,8 @@ class Core:
                 if p.up.key._key != rec.key:
                     fresh = _Peer(rec)
                     p.up, p.down = fresh.up, fresh.down
+                for jid, high in rec.journals.items():
+                    p.highs[jid] = max(p.highs.get(jid, 0), high)
         for tid in [t for t in self.peers if t not in terminals]:
             del self.peers[tid]
         self.by_window = {p.window_no: tid for tid, p in self.peers.items() if p.window_no}
@@ -204,10 +225,21 @@ class Core:
                 return self._refuse(out, "wrong_source")
         try:
             f = peer.up.open(data)
+        except errors.ReplayError:
+            # Authentic (the tag is checked first) but behind: a terminal whose
+            # boot count went back.  Tell it where the counters stand.
+            out.authentic = True
+            if now_ms - peer.last_hint >= REPLAY_HINT_MS or now_ms < peer.last_hint:
+                peer.last_hint = now_ms
+                hint = messages.ErrorDown(messages.E_REPLAY, peer.up.rx_last, "counter behind")
+                out.send.append((tid, self._send(peer, hint)))
+                self.count("replay_hints")
+            return self._refuse(out, "replay")
         except errors.ProtocolError as e:
             return self._refuse(out, refusal_reason(e))
         except Exception:  # a decoder bug must not stop the hall
             return self._refuse(out, "malformed")
+        out.authentic = True
         peer.up.accept(f)
         if bound:
             self.source_of[source] = tid
@@ -219,6 +251,9 @@ class Core:
         msg = f.msg
         out.kind = msg.NAME
         self.count("frames_ok")
+        if peer.need_time and not isinstance(msg, messages.Hello):
+            peer.need_time = False
+            self._time(peer, now_ms, out)
         if isinstance(msg, messages.Hello):
             self._hello(peer, msg, now_ms, out)
         elif isinstance(msg, messages.Rating):
@@ -239,7 +274,16 @@ class Core:
         return out
 
     def _upd(self, tid: int) -> dict[str, Any]:
-        return self.updates.setdefault(tid, {})
+        return self.pending.terminals.setdefault(tid, {})
+
+    def _event(self, peer: _Peer, at_ms: int, kind: str, journal: int | None, detail: str) -> None:
+        self.pending.events.append((peer.id, at_ms, kind, journal, detail))
+        self.count("event_" + kind)
+
+    def _time(self, peer: _Peer, now_ms: int, out: Output) -> None:
+        out.send.append((peer.id, self._send(peer, messages.Time(now_ms))))
+        peer.last_time_ms = now_ms
+        peer.synced_at_step = self.step_total
 
     def _send(self, peer: _Peer, msg: messages.Message) -> bytes:
         try:
@@ -255,25 +299,74 @@ class Core:
         upd["board"] = h.board
         upd["journal_used"] = h.head - h.tail
         upd["journal_capacity"] = h.capacity
+        upd["journal_id"] = h.journal
         start = now_ms - h.uptime_ms
         if peer.boots.get(h.boot) is None or abs(peer.boots[h.boot] - start) > DRIFT_MAX_MS:
             peer.boots[h.boot] = start
-            self.new_boots.append((peer.id, h.boot, start))
-        base = h.tail - 1
-        if not peer.hello or base > peer.mark or h.head - 1 < peer.mark:
-            # First HELLO, the terminal is ahead of us, or its journal went
-            # backwards (replaced or wiped): restart contiguity from its tail.
-            if peer.hello and h.head - 1 < peer.mark:
-                self.count("seq_backwards")
+            self.pending.boots.append((peer.id, h.boot, start))
+        jid, base = h.journal, h.tail - 1
+        new_space = jid != peer.journal
+        detail = f"head {h.head}, tail {h.tail}, boot {h.boot}"
+        if jid not in peer.highs:
+            # A journal this daemon has never seen: a new sequence space.
+            prev = "none" if peer.journal is None else f"{peer.journal:08x}"
+            self._event(peer, now_ms, "journal_new", jid, f"{detail}; previous journal {prev}")
+            peer.highs[jid] = 0
+            self.pending.journals.append((peer.id, jid, now_ms))
+        elif new_space and peer.journal is not None:
+            self._event(peer, now_ms, "journal_switch", jid, f"{detail}; from {peer.journal:08x}")
+        behind = h.head - 1 < peer.highs[jid]
+        if behind:
+            # An older image of this journal (restored, cloned): it may hold
+            # records written after the daemon's copy under seqs the daemon
+            # holds; only what arrives again counts for the ACK.
+            self._event(peer, now_ms, "journal_behind", jid,
+                        f"{detail}; the store holds up to seq {peer.highs[jid]}")  # fmt: skip
+        if new_space or behind or not peer.hello or base > peer.mark or h.head - 1 < peer.mark:
+            keep = not (new_space or behind)
             peer.mark = base
-            peer.stored_ahead = {s for s in peer.stored_ahead if s > base}
+            peer.stored_ahead = {s for s in peer.stored_ahead if s > base} if keep else set()
             self._advance(peer)
+        peer.journal = jid
         peer.hello = True
-        out.send.append((peer.id, self._send(peer, messages.Time(now_ms))))
-        peer.last_time_ms = now_ms
-        out.send.append((peer.id, self._send(peer, messages.Ack(peer.mark))))
+        peer.need_time = False
+        self._time(peer, now_ms, out)
+        out.send.append((peer.id, self._send(peer, messages.Ack(peer.mark, jid))))
         if self.config:
             out.send.append((peer.id, self._send(peer, messages.Config(self.config))))
+
+    def _assess(self, peer: _Peer, r: messages.Rating, now_ms: int,
+                flags_found: list[str]) -> tuple[int, str, bool]:  # fmt: skip
+        """(assess ms, time quality, drifted) by the clock rule of SPEC.md section 5."""
+        start = peer.boots.get(r.boot)
+        ref = None if start is None else start + r.uptime_ms
+        if r.flags & messages.F_TIME_SYNCED and r.time:
+            dev = r.time * 1000
+            if peer.synced_at_step is not None:
+                dev += self.step_total - peer.synced_at_step  # the daemon's clock stepped since
+            if ref is not None:
+                offset = dev - ref
+                self._upd(peer.id)["clock_offset_ms"] = offset
+                drift = abs(offset) > DRIFT_MAX_MS + 1000  # device time has 1 s resolution
+                if abs(offset) <= CLOCK_TOLERANCE_MS:
+                    return dev, "synced", drift
+                flags_found.append("clock_off")
+                assess, quality = ref, "rebuilt"
+            else:
+                return self._not_future(dev, now_ms, "synced", flags_found)
+        elif ref is not None:
+            assess, quality, drift = ref, "rebuilt", False
+        else:
+            return now_ms, "received", False
+        a, q, _ = self._not_future(assess, now_ms, quality, flags_found)
+        return a, q, ref is not None and bool(r.flags & messages.F_TIME_SYNCED and r.time)
+
+    @staticmethod
+    def _not_future(t: int, now_ms: int, quality: str, flags_found: list[str]) -> tuple[int, str, bool]:
+        if t > now_ms + FUTURE_SLACK_MS:
+            flags_found.append("clock_clamped")
+            return now_ms, "received", False
+        return t, quality, False
 
     def _ratings(
         self, peer: _Peer, records: Sequence[messages.Rating], now_ms: int, out: Output
@@ -281,30 +374,15 @@ class Core:
         drift = False
         for r in records:
             flags_found: list[str] = []
-            start = peer.boots.get(r.boot)
-            if r.flags & messages.F_TIME_SYNCED and r.time:
-                assess = r.time * 1000
-                quality = "synced"
-                if start is not None:
-                    offset = r.time * 1000 - (start + r.uptime_ms)
-                    self._upd(peer.id)["clock_offset_ms"] = offset
-                    if abs(offset) > DRIFT_MAX_MS + 1000:  # device time has 1 s resolution
-                        drift = True
-            elif start is not None:
-                assess = start + r.uptime_ms
-                quality = "rebuilt"
-            else:
-                assess = now_ms
-                quality = "received"
-            if assess > now_ms + FUTURE_SLACK_MS:
-                assess = now_ms
-                flags_found.append("clock_clamped")
+            assess, quality, drifted = self._assess(peer, r, now_ms, flags_found)
+            drift = drift or drifted
             case_id = None
             if r.session:
                 s = self.sessions.get(r.session)
                 if s is not None and s.terminal_id == peer.id and not s.cancelled:
                     case_id = s.case_id
-                    if assess - s.armed_ms < HUMAN_MIN_MS and quality != "received":
+                    # A negative interval is clocks disagreeing, not a fast hand.
+                    if 0 <= assess - s.armed_ms < HUMAN_MIN_MS and quality != "received":
                         flags_found.append("too_fast")
                     if s.used:
                         flags_found.append("repeated")
@@ -320,14 +398,8 @@ class Core:
                     q.popleft()
                 if len(q) > BURST_MAX:
                     flags_found.append("burst_no_case")
-            if r.flags & messages.F_REPEATED and "repeated" not in flags_found:
-                flags_found.append("repeated")
             if r.flags & messages.F_RAPID and "too_fast" not in flags_found:
                 flags_found.append("too_fast")
-            if r.seq <= peer.high_seq:
-                # Only kept if the store finds it new: a new rating below the
-                # highest stored seq means the terminal's numbering went back.
-                flags_found.append("seq_backwards")
             out.store.append(
                 NewRating(
                     peer.id,
@@ -343,12 +415,12 @@ class Core:
                     assess,
                     quality,
                     flags_found,
+                    r.journal,
                 )  # fmt: skip
             )
         self.count("ratings_in", len(records))
-        if drift and now_ms - peer.last_time_ms >= TIME_MIN_INTERVAL_MS:
-            peer.last_time_ms = now_ms
-            out.send.append((peer.id, self._send(peer, messages.Time(now_ms))))
+        if drift and not 0 <= now_ms - peer.last_time_ms < TIME_MIN_INTERVAL_MS:
+            self._time(peer, now_ms, out)
             self.count("time_drift")
         if not peer.hello:
             out.send.append(
@@ -362,19 +434,15 @@ class Core:
 
     # ------------------------------------------------------------ after the commit
 
-    def take_updates(self) -> tuple[dict[int, dict[str, Any]], list[tuple[int, int, int]]]:
-        """Terminal state and boot times to write in the next commit."""
-        u, b = self.updates, self.new_boots
-        self.updates, self.new_boots = {}, []
-        return u, b
+    def take_updates(self) -> Updates:
+        """Terminal state, boot times, journals and events for the next commit."""
+        u, self.pending = self.pending, Updates()
+        return u
 
-    def restore_updates(self, u: dict[int, dict[str, Any]], b: list[tuple[int, int, int]]) -> None:
+    def restore_updates(self, u: Updates) -> None:
         """A commit failed: keep its terminal state for the next one."""
-        for tid, d in u.items():
-            merged = dict(d)
-            merged.update(self.updates.get(tid, {}))
-            self.updates[tid] = merged
-        self.new_boots = b + self.new_boots
+        u.merge_after(self.pending)
+        self.pending = u
 
     def committed(self, stored: Sequence[Stored], now_ms: int) -> list[tuple[int, bytes]]:
         """The ratings in ``stored`` are durable: the ACK frames to send."""
@@ -388,17 +456,20 @@ class Core:
                 self.count("ratings_duplicate")
             else:
                 self.count("ratings_stored")
-                if r.seq > peer.high_seq:
-                    peer.high_seq = r.seq
-                    self._upd(peer.id)["high_seq"] = r.seq
+                if s.fork:
+                    self.count("ratings_forked")
+                if r.seq > peer.highs.get(r.journal_id, 0):
+                    peer.highs[r.journal_id] = r.seq
+            if r.journal_id != peer.journal:
+                continue  # stored; the ACK of another journal waits for its HELLO
             if r.seq > peer.mark and len(peer.stored_ahead) < MAX_PENDING_SEQS:
                 peer.stored_ahead.add(r.seq)
             touched[peer.id] = peer
         acks = []
         for peer in touched.values():
             self._advance(peer)
-            if peer.hello:
-                acks.append((peer.id, self._send(peer, messages.Ack(peer.mark))))
+            if peer.hello and peer.journal is not None:
+                acks.append((peer.id, self._send(peer, messages.Ack(peer.mark, peer.journal))))
                 self.count("acks_sent")
         return acks
 
@@ -420,6 +491,29 @@ class Core:
             ahead.discard(peer.mark)
         if ahead:
             peer.stored_ahead = {s for s in ahead if s > peer.mark}
+
+    def clock_stepped(self, delta_ms: int) -> None:
+        """The shell's wall clock jumped by ``delta_ms`` (an NTP step, an
+        operator): move what this core remembers in wall time by the step, so
+        intervals and rebuilt times stay on one timeline, and send every
+        terminal TIME at its next frame.  A step flags no rating."""
+        if not delta_ms:
+            return
+        self.step_total += delta_ms
+        self.count("daemon_clock_steps")
+        for p in self.peers.values():
+            for b in list(p.boots):
+                p.boots[b] += delta_ms
+                self.pending.boots.append((p.id, b, p.boots[b]))
+            if p.last_seen >= 0:
+                p.last_seen += delta_ms
+            p.last_time_ms += delta_ms
+            p.last_hint += delta_ms
+            p.no_case = deque(t + delta_ms for t in p.no_case)
+            p.need_time = True
+        for s in self.sessions.values():
+            s.armed_ms += delta_ms
+            s.expires_ms += delta_ms
 
     # ------------------------------------------------------------ cases
 

@@ -117,7 +117,77 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        # Journal identity (protocol v2): a rating is (terminal, journal, seq),
+        # and a divergent record under a held seq is kept as a fork.  SQLite
+        # cannot change a UNIQUE constraint in place, so the rows move once
+        # into a table whose key has the two new columns (both 0 for every
+        # existing row, whose chain values are unchanged: chain.py hashes
+        # journal and fork only when one of them is not 0).  The move copies
+        # every column as it is; the count and the last chain value are
+        # checked after it (``_check_0002``).
+        "0002_journal_identity",
+        """
+        CREATE TABLE ratings_v2 (
+            id INTEGER PRIMARY KEY,
+            terminal_id INTEGER NOT NULL,
+            journal_id INTEGER NOT NULL DEFAULT 0,   -- the terminal journal's id (0: before v2)
+            seq INTEGER NOT NULL,
+            fork INTEGER NOT NULL DEFAULT 0,         -- 0, or the fork of a divergent record
+            level INTEGER NOT NULL,
+            reason INTEGER NOT NULL,
+            flags INTEGER NOT NULL,
+            session INTEGER,
+            case_id INTEGER REFERENCES cases(id),
+            device_time INTEGER NOT NULL,
+            uptime_ms INTEGER NOT NULL,
+            boot INTEGER NOT NULL,
+            received_ms INTEGER NOT NULL,
+            assess_ms INTEGER NOT NULL,
+            time_quality TEXT NOT NULL,
+            chain BLOB NOT NULL,
+            UNIQUE (terminal_id, journal_id, seq, fork)
+        );
+        INSERT INTO ratings_v2 (id, terminal_id, journal_id, seq, fork, level, reason, flags,
+            session, case_id, device_time, uptime_ms, boot, received_ms, assess_ms,
+            time_quality, chain)
+        SELECT id, terminal_id, 0, seq, 0, level, reason, flags, session, case_id,
+            device_time, uptime_ms, boot, received_ms, assess_ms, time_quality, chain
+        FROM ratings ORDER BY id;
+        DROP TABLE ratings;
+        ALTER TABLE ratings_v2 RENAME TO ratings;
+        CREATE TRIGGER ratings_no_update BEFORE UPDATE ON ratings
+            BEGIN SELECT RAISE(ABORT, 'ratings are append-only'); END;
+        CREATE TRIGGER ratings_no_delete BEFORE DELETE ON ratings
+            BEGIN SELECT RAISE(ABORT, 'ratings are append-only'); END;
+        CREATE TABLE journals (
+            terminal_id INTEGER NOT NULL,
+            journal_id INTEGER NOT NULL,
+            first_seen_ms INTEGER NOT NULL,
+            last_seen_ms INTEGER NOT NULL,
+            high_seq INTEGER NOT NULL DEFAULT 0,     -- highest seq stored of this journal
+            PRIMARY KEY (terminal_id, journal_id)
+        );
+        INSERT INTO journals (terminal_id, journal_id, first_seen_ms, last_seen_ms, high_seq)
+        SELECT id, 0, coalesce(created_ms, 0), coalesce(last_seen_ms, created_ms, 0), high_seq
+        FROM terminals WHERE high_seq > 0;
+        ALTER TABLE terminals ADD COLUMN journal_id INTEGER;   -- the journal of the last HELLO
+        CREATE TABLE terminal_events (
+            id INTEGER PRIMARY KEY,
+            terminal_id INTEGER NOT NULL,
+            at_ms INTEGER NOT NULL,
+            kind TEXT NOT NULL,        -- journal_new, journal_switch, journal_behind, ...
+            journal_id INTEGER,
+            detail TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX terminal_events_terminal ON terminal_events(terminal_id, id);
+        """,
+    ),
 ]
+
+# Migrations that rebuild a table others reference: run with foreign keys off
+# (SQLite's documented procedure), then checked with foreign_key_check.
+_FK_OFF = {"0002_journal_identity"}
 
 
 
@@ -130,20 +200,39 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
     for name, sql in MIGRATIONS:
         if name in done:
             continue
-        c.execute("BEGIN IMMEDIATE")
+        fk_off = name in _FK_OFF
+        if fk_off:
+            c.execute("PRAGMA foreign_keys=OFF")
         try:
-            for stmt in _statements(sql):
-                c.execute(stmt)
-            c.execute(
-                "INSERT INTO migrations (name, applied_ms) VALUES (?, ?)",
-                (name, int(time.time() * 1000)),
-            )
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                before = _ratings_state(c) if fk_off else None
+                for stmt in _statements(sql):
+                    c.execute(stmt)
+                if before is not None and _ratings_state(c) != before:
+                    raise sqlite3.IntegrityError(f"{name}: the ratings did not move unchanged")
+                if fk_off and c.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                    raise sqlite3.IntegrityError(f"{name}: foreign keys broken by the rebuild")
+                c.execute(
+                    "INSERT INTO migrations (name, applied_ms) VALUES (?, ?)",
+                    (name, int(time.time() * 1000)),
+                )
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        finally:
+            if fk_off:
+                c.execute("PRAGMA foreign_keys=ON")
         applied.append(name)
     return applied
+
+
+def _ratings_state(c: sqlite3.Connection) -> tuple[int, int, bytes | None]:
+    """(count, last id, last chain value) of the ratings table."""
+    n, last = c.execute("SELECT count(*), coalesce(max(id), 0) FROM ratings").fetchone()
+    row = c.execute("SELECT chain FROM ratings ORDER BY id DESC LIMIT 1").fetchone()
+    return int(n), int(last), bytes(row[0]) if row else None
 
 
 def _statements(sql: str) -> list[str]:

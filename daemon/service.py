@@ -247,8 +247,10 @@ class Daemon:
                 out = core.receive(ev.source, ev.data, t, ev.bound)
                 if out.refused:
                     self._refusal(refusals, t, ev.source, out.terminal_id, out.refused)
-                else:
-                    # only authenticated sources become routes (bounded by the terminals)
+                if out.authentic:
+                    # only authenticated sources become routes (bounded by the
+                    # terminals); a replayed authentic frame too, so its
+                    # terminal can be told where its counters stand
                     self.routes[ev.source] = ev.transport
                 rows.extend(out.store)
                 self._send(out.send)
@@ -258,8 +260,8 @@ class Daemon:
             elif isinstance(ev, Gone):
                 core.drop_source(ev.source)
                 self.routes.pop(ev.source, None)
-        upd, boots = core.take_updates()
-        if not (rows or upd or boots or refusals):
+        upd = core.take_updates()
+        if not (rows or upd or refusals):
             return
         t0 = time.perf_counter()
         store = self.store
@@ -273,10 +275,10 @@ class Daemon:
                 # which made the group commits of a drain 5x slower
                 # (docs/benchmarks.md).
                 await self._store_thread(store.begin)
-                staged = store.stage(rows, t, upd, boots, refusals)
+                staged = store.stage(rows, t, upd, refusals)
                 stored = await self._store_thread(store.finish, staged)
         except StoreFull:
-            core.restore_updates(upd, boots)
+            core.restore_updates(upd)
             self.metrics["store_full_events"] += 1
             if not self.store_full:
                 log.error(
@@ -287,7 +289,7 @@ class Daemon:
             self._send(core.failed(rows))
             return
         except StoreError as e:
-            core.restore_updates(upd, boots)
+            core.restore_updates(upd)
             self.metrics["commit_failures"] += 1
             log.error("commit failed, not acknowledging: %s", e)
             self._send(core.failed(rows))

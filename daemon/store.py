@@ -20,8 +20,10 @@ by named migrations.  Contacts are encrypted by contact.py.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +47,9 @@ class StoreFull(StoreError):
 _RATING_COLS = (
     "id",
     "terminal_id",
+    "journal_id",
     "seq",
+    "fork",
     "level",
     "reason",
     "flags",
@@ -60,7 +64,7 @@ _RATING_COLS = (
     "chain",
 )
 _INSERT_RATING = (
-    "INSERT INTO ratings ({}) VALUES ({}) ON CONFLICT(terminal_id, seq) DO NOTHING".format(
+    "INSERT INTO ratings ({}) VALUES ({}) ON CONFLICT(terminal_id, journal_id, seq, fork) DO NOTHING".format(
         ", ".join(_RATING_COLS),
         ", ".join("?" * len(_RATING_COLS)),
     )
@@ -78,7 +82,12 @@ _TERMINAL_UPDATABLE = (
     "down_epoch",
     "high_seq",
     "alarms",
+    "journal_id",
 )
+# The columns of a record's content: a second record under the same
+# (terminal, journal, seq) with other content is a fork, not a duplicate.
+_CONTENT = ("level", "reason", "flags", "session", "device_time", "uptime_ms", "boot")
+FORK_FLAG = "journal_fork"
 
 
 @dataclass(slots=True)
@@ -98,14 +107,53 @@ class NewRating:
     assess_ms: int
     time_quality: str
     flags_found: list[str] = field(default_factory=list)  # annotation values (kind 'flag')
+    journal_id: int = 0  # the terminal journal's id (protocol v2)
+
+    def content(self) -> tuple[Any, ...]:
+        return (self.level, self.reason, self.flags, self.session, self.device_time,
+                self.uptime_ms, self.boot)  # fmt: skip
+
+
+def fork_of(r: NewRating) -> int:
+    """The fork id of a record that diverges from the stored one under its seq
+    (SPEC.md section 5, "Journals"): the first 4 bytes of SHA-256 of its 20
+    wire bytes, 1 if they are 0."""
+    rec = struct.pack(">IBBIIIH", r.seq, r.level | (r.reason << 3), r.flags, r.session or 0,
+                      r.device_time, r.uptime_ms, r.boot)  # fmt: skip
+    v = int.from_bytes(hashlib.sha256(rec).digest()[:4], "big")
+    return v or 1
 
 
 @dataclass(slots=True)
 class Stored:
-    """What ``commit`` did with one NewRating: ``id`` is None for a duplicate."""
+    """What ``commit`` did with one NewRating: ``id`` is None for a duplicate;
+    ``fork`` is not 0 when it was stored as a fork of a divergent record."""
 
     rating: NewRating
     id: int | None
+    fork: int = 0
+
+
+@dataclass
+class Updates:
+    """Terminal state that goes into the next commit, beside its ratings."""
+
+    terminals: dict[int, dict[str, Any]] = field(default_factory=dict)
+    boots: list[tuple[int, int, int]] = field(default_factory=list)  # (terminal, boot, start ms)
+    journals: list[tuple[int, int, int]] = field(default_factory=list)  # (terminal, journal, ms) seen
+    events: list[tuple[int, int, str, int | None, str]] = field(default_factory=list)
+    # events: (terminal, at ms, kind, journal, detail) -> terminal_events
+
+    def __bool__(self) -> bool:
+        return bool(self.terminals or self.boots or self.journals or self.events)
+
+    def merge_after(self, newer: Updates) -> None:
+        """Fold in what was gathered after this (a failed commit is retried)."""
+        for tid, d in newer.terminals.items():
+            self.terminals.setdefault(tid, {}).update(d)
+        self.boots += newer.boots
+        self.journals += newer.journals
+        self.events += newer.events
 
 
 @dataclass(slots=True)
@@ -124,8 +172,9 @@ class TerminalRecord:
     window_no: str | None
     rx_counter: int
     down_epoch: int
-    high_seq: int
     boots: dict[int, int]
+    journal_id: int | None = None  # the journal of the last HELLO
+    journals: dict[int, int] = field(default_factory=dict)  # journal id -> highest seq stored
 
 
 def _is_full(e: sqlite3.Error) -> bool:
@@ -135,15 +184,16 @@ def _is_full(e: sqlite3.Error) -> bool:
     return "database or disk is full" in str(e)
 
 
-def _rating_row(rid: int, prev: bytes, r: NewRating, now_ms: int) -> tuple[Any, ...]:
+def _rating_row(rid: int, prev: bytes, r: NewRating, now_ms: int, fork: int = 0) -> tuple[Any, ...]:
     """The _INSERT_RATING values of ``r`` as row ``rid`` after chain value ``prev``."""
     h = chain.next_hash_values(
         prev,
         (rid, r.terminal_id, r.seq, r.level, r.reason, r.flags, r.session, r.device_time,
-         r.uptime_ms, r.boot, now_ms),
+         r.uptime_ms, r.boot, now_ms, r.journal_id, fork),
     )  # fmt: skip
-    return (rid, r.terminal_id, r.seq, r.level, r.reason, r.flags, r.session, r.case_id,
-            r.device_time, r.uptime_ms, r.boot, now_ms, r.assess_ms, r.time_quality, h)  # fmt: skip
+    return (rid, r.terminal_id, r.journal_id, r.seq, fork, r.level, r.reason, r.flags, r.session,
+            r.case_id, r.device_time, r.uptime_ms, r.boot, now_ms, r.assess_ms, r.time_quality,
+            h)  # fmt: skip
 
 
 def _store_error(e: sqlite3.Error, what: str) -> StoreError:
@@ -229,21 +279,51 @@ class Store:
         boots: dict[int, dict[int, int]] = {}
         for tid, boot, start in self.conn.execute("SELECT terminal_id, boot, start_ms FROM boots"):
             boots.setdefault(tid, {})[boot] = start
-        out = {}
-        for tid, key, window, rx, epoch, high in self.conn.execute(
-            "SELECT id, key, window_no, rx_counter, down_epoch, high_seq FROM terminals WHERE enabled = 1"
+        journals: dict[int, dict[int, int]] = {}
+        for tid, jid, high in self.conn.execute(
+            "SELECT terminal_id, journal_id, high_seq FROM journals"
         ):
-            out[tid] = TerminalRecord(tid, bytes(key), window, rx, epoch, high, boots.get(tid, {}))
+            journals.setdefault(tid, {})[jid] = high
+        out = {}
+        for tid, key, window, rx, epoch, jid in self.conn.execute(
+            "SELECT id, key, window_no, rx_counter, down_epoch, journal_id FROM terminals"
+            " WHERE enabled = 1"
+        ):
+            out[tid] = TerminalRecord(tid, bytes(key), window, rx, epoch, boots.get(tid, {}), jid,
+                                      journals.get(tid, {}))  # fmt: skip
         return out
 
     def terminals(self) -> list[dict[str, Any]]:
         """Terminal health rows, without keys."""
         cols = ["id", "window_no", "firmware", "board", "last_seen_ms", "journal_used",
-                "journal_capacity", "clock_offset_ms", "alarms", "high_seq"]  # fmt: skip
+                "journal_capacity", "clock_offset_ms", "alarms", "journal_id"]  # fmt: skip
         rows = self.conn.execute(
-            "SELECT {} FROM terminals ORDER BY id".format(", ".join(cols))
+            "SELECT {}, (SELECT high_seq FROM journals j WHERE j.terminal_id = t.id"
+            " AND j.journal_id = t.journal_id), (SELECT count(*) FROM journals j"
+            " WHERE j.terminal_id = t.id) FROM terminals t ORDER BY id".format(
+                ", ".join("t." + c for c in cols)
+            )
         ).fetchall()
-        return [dict(zip(cols, r, strict=True)) for r in rows]
+        out = []
+        for r in rows:
+            d = dict(zip(cols, r[: len(cols)], strict=True))
+            d["high_seq"] = r[len(cols)] or 0
+            d["journals"] = r[len(cols) + 1]
+            out.append(d)
+        return out
+
+    def terminal_events(
+        self, terminal_id: int | None = None, since_id: int = 0, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Terminal events (a new journal, a journal behind the store, ...), oldest first."""
+        q = "SELECT id, terminal_id, at_ms, kind, journal_id, detail FROM terminal_events WHERE id > ?"
+        args: list[Any] = [since_id]
+        if terminal_id is not None:
+            q += " AND terminal_id = ?"
+            args.append(terminal_id)
+        names = ("id", "terminal_id", "at_ms", "kind", "journal_id", "detail")
+        rows = self.conn.execute(q + " ORDER BY id LIMIT ?", [*args, limit]).fetchall()
+        return [dict(zip(names, r, strict=True)) for r in rows]
 
     # ------------------------------------------------------------ cases, sessions
 
@@ -297,8 +377,7 @@ class Store:
         self,
         ratings: Sequence[NewRating],
         now_ms: int,
-        terminal_updates: dict[int, dict[str, Any]] | None = None,
-        boots: Iterable[tuple[int, int, int]] = (),
+        updates: Updates | None = None,
         refusals: Iterable[tuple[int, str, int | None, str]] = (),
     ) -> list[Stored]:
         """Store a group of ratings (and terminal state) in ONE transaction.
@@ -310,7 +389,7 @@ class Store:
         ``finish``, which the daemon calls apart (see service.py).
         """
         self.begin()
-        return self.finish(self.stage(ratings, now_ms, terminal_updates, boots, refusals))
+        return self.finish(self.stage(ratings, now_ms, updates, refusals))
 
     def begin(self) -> None:
         """Open a group's write transaction (BEGIN IMMEDIATE: waits up to
@@ -324,8 +403,7 @@ class Store:
         self,
         ratings: Sequence[NewRating],
         now_ms: int,
-        terminal_updates: dict[int, dict[str, Any]] | None = None,
-        boots: Iterable[tuple[int, int, int]] = (),
+        updates: Updates | None = None,
         refusals: Iterable[tuple[int, str, int | None, str]] = (),
     ) -> Staged:
         """Write a group inside the transaction ``begin`` opened.  Nothing is
@@ -334,7 +412,8 @@ class Store:
         try:
             staged = self._write_ratings(ratings, now_ms)
             c = self.conn
-            for tid, upd in (terminal_updates or {}).items():
+            u = updates or Updates()
+            for tid, upd in u.terminals.items():
                 keys = [k for k in upd if k in _TERMINAL_UPDATABLE]
                 if keys:
                     c.execute(
@@ -346,7 +425,26 @@ class Store:
             c.executemany(
                 "INSERT INTO boots (terminal_id, boot, start_ms) VALUES (?, ?, ?) "
                 "ON CONFLICT DO UPDATE SET start_ms = excluded.start_ms",
-                boots,
+                u.boots,
+            )
+            highs: dict[tuple[int, int], int] = {}
+            for st in staged.stored:
+                if st.id is not None:
+                    k = (st.rating.terminal_id, st.rating.journal_id)
+                    highs[k] = max(highs.get(k, 0), st.rating.seq)
+            seen = [(tid, jid, ms, 0) for tid, jid, ms in u.journals]
+            seen += [(tid, jid, now_ms, high) for (tid, jid), high in highs.items()]
+            c.executemany(
+                "INSERT INTO journals (terminal_id, journal_id, first_seen_ms, last_seen_ms, high_seq)"
+                " VALUES (?1, ?2, ?3, ?3, ?4) ON CONFLICT DO UPDATE SET"
+                " last_seen_ms = max(last_seen_ms, excluded.last_seen_ms),"
+                " high_seq = max(high_seq, excluded.high_seq)",
+                seen,
+            )
+            c.executemany(
+                "INSERT INTO terminal_events (terminal_id, at_ms, kind, journal_id, detail)"
+                " VALUES (?, ?, ?, ?, ?)",
+                u.events,
             )
             c.executemany(
                 "INSERT INTO refusals (at_ms, source, terminal_id, reason) VALUES (?, ?, ?, ?)",
@@ -408,17 +506,36 @@ class Store:
     def _write_one_by_one(
         self, ratings: Sequence[NewRating], now_ms: int
     ) -> tuple[list[Stored], int, bytes]:
+        """Row by row: a record already held with the same content is a
+        duplicate; with other content (a restored journal image wrote a new
+        rating under a held seq) it is stored as a fork and flagged."""
         c = self.conn
         out: list[Stored] = []
         last_id, last_chain = self._last_id, self._last_chain
         for r in ratings:
             rid = last_id + 1
             row = _rating_row(rid, last_chain, r, now_ms)
-            if c.execute(_INSERT_RATING, row).rowcount != 1:
+            if c.execute(_INSERT_RATING, row).rowcount == 1:
+                last_id, last_chain = rid, row[-1]
+                out.append(Stored(r, rid))
+                continue
+            held = c.execute(
+                "SELECT {} FROM ratings WHERE terminal_id = ? AND journal_id = ? AND seq = ?"
+                " AND fork = 0".format(", ".join(_CONTENT)),
+                (r.terminal_id, r.journal_id, r.seq),
+            ).fetchone()
+            if held is None or tuple(held) == r.content():
                 out.append(Stored(r, None))
                 continue
+            fork = fork_of(r)
+            row = _rating_row(rid, last_chain, r, now_ms, fork)
+            if c.execute(_INSERT_RATING, row).rowcount != 1:
+                out.append(Stored(r, None, fork))  # this fork is held already
+                continue
+            if FORK_FLAG not in r.flags_found:
+                r.flags_found.append(FORK_FLAG)
             last_id, last_chain = rid, row[-1]
-            out.append(Stored(r, rid))
+            out.append(Stored(r, rid, fork))
         return out, last_id, last_chain
 
     def annotate(self, rating_id: int, kind: str, value: str, now_ms: int) -> int:

@@ -29,8 +29,7 @@ def pump(core, store, term, frames, now):
             refused.append(out.refused)
         for _tid, d in out.send:
             term.receive(d)
-        upd, boots = core.take_updates()
-        stored = store.commit(out.store, now, upd, boots)
+        stored = store.commit(out.store, now, core.take_updates())
         for _tid, d in core.committed(stored, now):
             term.receive(d)
     return refused
@@ -43,12 +42,11 @@ def test_hello_rating_ack_exactly_once(tmp_path):
     assert isinstance(t.received[0], messages.Time) and isinstance(t.received[1], messages.Ack)
     for lvl in (5, 4, 1):
         t.press(lvl, reason=3)
+    t2 = FakeTerminal(1, KEYS[1], boot=2)  # the same journal, as it was before the ACKs
+    t2.journal, t2.head = dict(t.journal), t.head
     pump(core, store, t, t.send_new(per_frame=2), 2_000)
     assert t.acked == 3 and t.done
-    # the terminal never saw the ACKs: it resends everything; stored once
-    t2 = FakeTerminal(1, KEYS[1], boot=2)
-    for lvl in (5, 4, 1):
-        t2.press(lvl, reason=3)
+    # the terminal never saw the ACKs: after a reboot it resends everything; stored once
     pump(core, store, t2, t2.resend(), 3_000)
     assert store.count("ratings") == 3 and t2.acked == 3
     assert core.counters["ratings_duplicate"] == 3
@@ -144,7 +142,7 @@ def test_time_rebuilt_from_hello(tmp_path):
     assert row == (940_000, "rebuilt", 0)
 
 
-def test_burst_no_case_and_seq_backwards(tmp_path):
+def test_burst_no_case_and_a_replaced_board(tmp_path):
     store, core = make(tmp_path)
     t = FakeTerminal(1, KEYS[1])
     pump(core, store, t, [t.hello()], 0)
@@ -153,13 +151,18 @@ def test_burst_no_case_and_seq_backwards(tmp_path):
     pump(core, store, t, t.send_new(), 10)
     vals = [v for (v,) in store.conn.execute("SELECT value FROM annotations")]
     assert vals.count("burst_no_case") == 2  # the 4th and 5th within a minute
-    # a replacement terminal with the same id starts again at seq 1
-    t2 = FakeTerminal(1, KEYS[1], boot=9)
-    t2.head = 3
-    t2.acked = 2
-    t2.press(5)  # seq 3: already stored -> a duplicate, not stored again
+    # a replacement board with the same id and key: a new journal, seqs from 1
+    t2 = FakeTerminal(1, KEYS[1], boot=9, journal=2)
+    t2.press(5)
+    t2.press(1)
     pump(core, store, t2, t2.resend(), 20)
-    assert store.count("ratings") == 5
+    assert store.count("ratings") == 7 and t2.acked == 2 and t2.done
+    assert store.conn.execute(
+        "SELECT journal_id, seq FROM ratings WHERE id > 5 ORDER BY id").fetchall() == [(2, 1), (2, 2)]
+    ev = store.terminal_events(1)
+    assert [e["kind"] for e in ev] == ["journal_new", "journal_new"]
+    assert ev[1]["journal_id"] == 2 and "previous journal 00000001" in ev[1]["detail"]
+    assert core.counters["event_journal_new"] == 2
 
 
 def test_drift_sends_time(tmp_path):

@@ -43,7 +43,7 @@ def test_group_commit_dedupes_chains_and_alerts(tmp_path):
         [rating(7, 1), rating(7, 2, level=1, flags_found=["too_fast"]), rating(7, 1)], 5000
     )
     assert [r.id for r in res] == [1, 2, None]
-    res = s.commit([rating(7, 2), rating(7, 3)], 6000)
+    res = s.commit([rating(7, 2, level=1), rating(7, 3)], 6000)  # an identical resend of seq 2
     assert [r.id for r in res] == [None, 3]
     assert s.count("ratings") == 3
     assert s.count("alerts") == 1
@@ -95,7 +95,7 @@ def test_staged_group_is_not_durable_until_finish(tmp_path):
 
 @given(
     st.tuples(*[st.integers(0, 2**63 - 1)] * 6, st.none() | st.integers(0, 2**32 - 1),
-              *[st.integers(0, 2**63 - 1)] * 4),  # fmt: skip
+              *[st.integers(0, 2**63 - 1)] * 4, *[st.integers(0, 2**32 - 1)] * 2),  # fmt: skip
     st.binary(min_size=32, max_size=32),
 )
 def test_chain_fast_path_is_the_canonical_form(values, prev):
@@ -177,3 +177,76 @@ def test_review_outcome_is_an_annotation(tmp_path):
     assert s.verify_chain() is None  # the rating itself is untouched
     with pytest.raises(StoreError):
         s.annotate(r.id, "edit", "x", 3)
+
+
+def test_a_divergent_record_under_a_held_seq_is_a_fork(tmp_path):
+    """(terminal, journal, seq) held with other content: stored beside it as a
+    fork and flagged; the same divergent record again is a duplicate of the
+    fork; the same seq in another journal is simply new."""
+    from haochaping.daemon.store import FORK_FLAG, fork_of
+
+    s = Store(tmp_path / "h.db")
+    (a,) = s.commit([rating(7, 1, level=5)], 1)
+    other = rating(7, 1, level=1)
+    (b,) = s.commit([other], 2)
+    assert b.id == 2 and b.fork == fork_of(other) != 0
+    assert s.conn.execute("SELECT value FROM annotations WHERE rating_id = 2").fetchall() == [
+        (FORK_FLAG,)]  # fmt: skip
+    (c,) = s.commit([rating(7, 1, level=1)], 3)
+    assert c.id is None and c.fork == b.fork
+    (d,) = s.commit([rating(7, 1, level=5)], 4)
+    assert d.id is None and d.fork == 0
+    elsewhere = rating(7, 1, level=5)
+    elsewhere.journal_id = 0xABCD
+    (e,) = s.commit([elsewhere], 5)
+    assert e.id == 3 and e.fork == 0
+    assert s.conn.execute("SELECT journal_id, seq, fork FROM ratings ORDER BY id").fetchall() == [
+        (0, 1, 0), (0, 1, b.fork), (0xABCD, 1, 0)]  # fmt: skip
+    assert s.verify_chain() is None
+
+
+def test_migration_0002_moves_every_rating_unchanged(tmp_path):
+    """A v1 store (migration 0001 only) with ratings, annotations and alerts:
+    0002 keeps every row, id and chain value, and the chain still verifies."""
+    from haochaping.daemon import schema
+
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA foreign_keys=ON")
+    saved = schema.MIGRATIONS
+    schema.MIGRATIONS = saved[:1]
+    try:
+        schema.migrate(conn)
+    finally:
+        schema.MIGRATIONS = saved
+    conn.execute("INSERT INTO terminals (id, key, window_no, high_seq) VALUES (7, ?, 'W1', 3)", (KEY,))
+    prev = chain.GENESIS
+    old_fields = chain.FIELDS[:-2]
+    for i in range(1, 4):
+        row = dict(id=i, terminal_id=7, seq=i, level=i, reason=0, flags=1, session=None,
+                   device_time=0, uptime_ms=i, boot=1, received_ms=1000 + i)  # fmt: skip
+        prev = chain.next_hash(prev, dict(row, journal_id=0, fork=0))
+        conn.execute(
+            "INSERT INTO ratings ({}, assess_ms, time_quality, chain) VALUES ({})".format(
+                ", ".join(old_fields), ", ".join("?" * (len(old_fields) + 3))
+            ),
+            [row[f] for f in old_fields] + [row["received_ms"], "received", prev],
+        )
+    conn.execute("INSERT INTO annotations (rating_id, kind, value, created_ms) VALUES (2, 'review', '不属实', 5)")
+    conn.execute("INSERT INTO alerts (rating_id, created_ms) VALUES (1, 5)")
+    before = conn.execute("SELECT id, terminal_id, seq, chain FROM ratings ORDER BY id").fetchall()
+    conn.close()
+    s = Store(db)
+    assert "0002_journal_identity" in s.migrations()
+    after = s.conn.execute(
+        "SELECT id, terminal_id, seq, chain, journal_id, fork FROM ratings ORDER BY id"
+    ).fetchall()
+    assert [r[:4] for r in after] == before and all(r[4:] == (0, 0) for r in after)
+    assert s.verify_chain() is None
+    assert s.count("annotations") == 1 and s.count("alerts") == 1
+    assert s.start_terminals()[7].journals == {0: 3}
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        s.conn.execute("DELETE FROM ratings")
+    # the chain goes on across the migration
+    assert [r.id for r in s.commit([rating(7, 4)], 9)] == [4]
+    assert s.verify_chain() is None

@@ -126,7 +126,9 @@ def rating(i: int = 1, prev: bytes = chain.GENESIS, **kw) -> dict:
     r = {
         "id": i,
         "terminal_id": 0xABCD,
+        "journal_id": 0x5EED,
         "seq": i,
+        "fork": 0,
         "level": 5,
         "reason": 0,
         "flags": 1,
@@ -292,7 +294,7 @@ def test_key_files_mode_and_refusals(tmp_path):
         (lambda d: d["header"].pop("keyId"), "$.header: missing keyId"),
         (lambda d: d["header"].update(batchSeq=0), "$.header.batchSeq: outside"),
         (lambda d: d["header"].update(batchSeq=True), "$.header.batchSeq: expected integer"),
-        (lambda d: d["header"].update(format="hcp-uplink/2"), "$.header.format: must be"),
+        (lambda d: d["header"].update(format="hcp-uplink/1"), "$.header.format: must be"),
         (lambda d: d["records"][0].update(satisfaction="6"), "$.records[0].satisfaction: must be"),
         (
             lambda d: d["records"][0].update(assessTime="2025-11-25T10:00:00"),
@@ -401,7 +403,8 @@ def test_the_example_in_docs_verifies():
         service_ms=service_ms,
     )  # fmt: skip
     row = {
-        "id": 1, "terminal_id": 0xA1, "seq": 41, "level": 1, "reason": 0, "flags": 1,
+        "id": 1, "terminal_id": 0xA1, "journal_id": 0x5EED0041, "seq": 41, "fork": 0,
+        "level": 1, "reason": 0, "flags": 1,
         "session": 5, "case_id": 1, "device_time": 1_764_049_910, "uptime_ms": 123456,
         "boot": 3, "received_ms": service_ms + 10_000, "assess_ms": service_ms - 90_000,
         "time_quality": "synced",

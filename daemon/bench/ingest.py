@@ -365,9 +365,9 @@ def core_costs(terminals: int = 50, ratings: int = 20000, per_frame: int = 1,
                 if out.refused:
                     raise BenchError(f"the core refused a frame: {out.refused}")
                 rows.extend(out.store)
-            upd, boots = core.take_updates()
+            upd = core.take_updates()
             t1 = time.perf_counter()
-            stored = st.commit(rows, now, upd, boots)
+            stored = st.commit(rows, now, upd)
             t2 = time.perf_counter()
             core.committed(stored, now)
             t3 = time.perf_counter()

@@ -28,11 +28,13 @@ from haochaping.protocol.auth import Key
 
 
 class FakeTerminal:
-    def __init__(self, terminal_id: int, key: bytes, boot: int = 1, capacity: int = 4096) -> None:
+    def __init__(self, terminal_id: int, key: bytes, boot: int = 1, capacity: int = 4096,
+                 journal: int = 1) -> None:  # fmt: skip
         self.id = terminal_id
         self.key = Key(key)
         self.boot = boot
         self.capacity = capacity
+        self.journal_id = journal  # the journal's identity: a new one is a wiped flash
         self.link = link.Link(link.TERMINAL, terminal_id, self.key, boot)
         self.journal: dict[int, messages.Rating] = {}
         self.head = 1  # next seq to write
@@ -63,6 +65,7 @@ class FakeTerminal:
                 min(self.capacity, 0xFFFF),
                 self.uptime_ms,
                 0,
+                self.journal_id,
             )  # fmt: skip
         )
 
@@ -76,7 +79,8 @@ class FakeTerminal:
         if not sess:
             flags |= messages.F_NO_CASE
         self.journal[seq] = messages.Rating(
-            seq, level, reason if level <= 2 else 0, flags, sess, t, self.uptime_ms, self.boot
+            seq, level, reason if level <= 2 else 0, flags, sess, t, self.uptime_ms, self.boot,
+            self.journal_id,
         )
         self.head += 1
         self.session = 0 if session is None else self.session
@@ -116,6 +120,8 @@ class FakeTerminal:
         m = f.msg
         self.received.append(m)
         if isinstance(m, messages.Ack):
+            if m.journal != self.journal_id:
+                return m  # an ACK of another journal frees nothing
             self.ack_log.append(m.seq)
             if m.seq > self.acked:
                 if m.seq >= self.head:

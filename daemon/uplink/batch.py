@@ -37,7 +37,6 @@ FLAG_NAMES = (
     (0x02, "reason_timeout"),
     (0x04, "no_case"),
     (0x08, "rapid"),
-    (0x10, "repeated"),
 )
 CLOCK_CLAMPED = "clock_clamped"
 DEFAULT_REASON = "default_reason"
@@ -137,7 +136,9 @@ def build_record(
         assessNumber=1,
         serviceTime=format_time(int(service_ms)) if service_ms is not None else None,
         terminalId="{:08x}".format(int(rating["terminal_id"])),
+        journalId="{:08x}".format(chain.field(rating, "journal_id")),
         seq=int(rating["seq"]),
+        fork=chain.field(rating, "fork"),
         # Bounded like every list in a batch; the flag values are a small fixed
         # vocabulary, so FLAGS_MAX is not reached in practice, and every flag also
         # stays in the local annotations table.
@@ -145,7 +146,11 @@ def build_record(
         timeQuality=rating["time_quality"],
         ratingId=int(rating["id"]),
         chain=bytes(rating["chain"]).hex(),
-        origin={f: (None if rating[f] is None else int(rating[f])) for f in chain.FIELDS},
+        origin={
+            f: chain.field(rating, f) if f in ("journal_id", "fork")
+            else (None if rating[f] is None else int(rating[f]))
+            for f in chain.FIELDS
+        },
     )
     return rec
 
@@ -343,7 +348,7 @@ def verify_doc(doc: dict[str, Any], keyring: keys.Keyring) -> Verified:
     if not keyring.verify(h["keyId"], base64.b64decode(doc["signature"]), signed):
         raise BatchError("signature", "signature does not verify")
     prev = bytes.fromhex(h["chainPrev"])
-    seen: set[tuple[str, int]] = set()
+    seen: set[tuple[str, str, int, int]] = set()
     last_id = 0
     for i, r in enumerate(recs):
         o = r["origin"]
@@ -352,16 +357,18 @@ def verify_doc(doc: dict[str, Any], keyring: keys.Keyring) -> Verified:
         if (
             o["id"] != r["ratingId"]
             or "{:08x}".format(o["terminal_id"]) != r["terminalId"]
+            or "{:08x}".format(o["journal_id"] or 0) != r["journalId"]
             or o["seq"] != r["seq"]
+            or (o["fork"] or 0) != r["fork"]
             or str(o["level"]) != r["satisfaction"]
         ):
             raise BatchError("record", f"records[{i}]: origin disagrees with the record")
         if r["ratingId"] <= last_id:
             raise BatchError("order", f"records[{i}]: rating ids must increase")
         last_id = r["ratingId"]
-        key = (r["terminalId"], r["seq"])
+        key = (r["terminalId"], r["journalId"], r["seq"], r["fork"])
         if key in seen:
-            raise BatchError("duplicate", f"records[{i}]: 评价数据不可重复 ({key[0]}, {key[1]})")
+            raise BatchError("duplicate", "records[{}]: 评价数据不可重复 {}".format(i, key))
         seen.add(key)
         prev = chain.next_hash(prev, o)
         if prev.hex() != r["chain"]:

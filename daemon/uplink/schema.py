@@ -23,7 +23,7 @@ from typing import Any
 
 from haochaping.daemon import chain
 
-FORMAT = "hcp-uplink/1"
+FORMAT = "hcp-uplink/2"  # 2: journal identity (journalId, fork)
 MAX_RECORDS = 5000  # records in one batch
 MAX_ANNOTATIONS = 5000  # annotations in one batch
 TEXT_MAX = 200  # characters in a national text field
@@ -70,7 +70,9 @@ RECORD: dict[str, Any] = {
         "assessNumber",
         "serviceTime",
         "terminalId",
+        "journalId",
         "seq",
+        "fork",
         "flags",
         "timeQuality",
         "ratingId",
@@ -120,7 +122,17 @@ RECORD: dict[str, Any] = {
             "description": "办结时间 of the bound case (UTC+8); null when no case",
         },
         "terminalId": {"type": "string", "pattern": "^[0-9a-f]{8}$", "description": "评价器 id"},
-        "seq": dict(_U32, description="the terminal's rating sequence number"),
+        "journalId": {
+            "type": "string",
+            "pattern": "^[0-9a-f]{8}$",
+            "description": "the terminal journal's id; 00000000 for a journal from before journal identity",
+        },
+        "seq": dict(_U32, description="the rating's sequence number in its journal"),
+        "fork": dict(
+            _U32,
+            description="0; else this record diverged from an earlier one under the same seq "
+            "(a restored journal image) and is kept beside it (SPEC.md section 5)",
+        ),
         "flags": {
             "type": "array",
             "maxItems": FLAGS_MAX,
@@ -193,7 +205,7 @@ HEADER: dict[str, Any] = {
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://haochaping.example/uplink.schema.json",
-    "title": "haochaping uplink batch (hcp-uplink/1)",
+    "title": "haochaping uplink batch (hcp-uplink/2)",
     "type": "object",
     "additionalProperties": False,
     "required": ["header", "records", "signature"],

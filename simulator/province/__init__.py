@@ -8,7 +8,7 @@ unknown key id arrives, so registering a rotated key is dropping a file in),
 the in-batch chain, province rules (a 差评 needs evalDetail or
 writingEvaluation; assessTime not before serviceTime), idempotency on batch
 id, batch order and chain continuity with the hall's previous batch, and
-record uniqueness per (hall, terminal, seq) ("评价数据不可重复"), and that
+record uniqueness per (hall, terminal, journal, seq, fork) ("评价数据不可重复"), and that
 every annotation names an evaluation already received (a review outcome such
 as 不属实 marks it not adopted).  With
 ``require_cases`` (the case-first profile's province) an evaluation whose

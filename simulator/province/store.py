@@ -54,13 +54,15 @@ CREATE TABLE IF NOT EXISTS cases (
 CREATE TABLE IF NOT EXISTS records (
     hall_id TEXT NOT NULL,
     terminal_id TEXT NOT NULL,
+    journal_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
+    fork INTEGER NOT NULL,
     rating_id INTEGER NOT NULL,
     satisfaction TEXT NOT NULL,
     assess_time TEXT NOT NULL,
     batch_id TEXT NOT NULL REFERENCES batches(batch_id),
     record TEXT NOT NULL,
-    PRIMARY KEY (hall_id, terminal_id, seq),
+    PRIMARY KEY (hall_id, terminal_id, journal_id, seq, fork),
     UNIQUE (hall_id, rating_id)
 );
 """
@@ -167,12 +169,14 @@ class Store:
                     ),
                 )
                 c.executemany(
-                    "INSERT INTO records VALUES (?,?,?,?,?,?,?,?)",
+                    "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?)",
                     [
                         (
                             h["hallId"],
                             r["terminalId"],
+                            r["journalId"],
                             r["seq"],
+                            r["fork"],
                             r["ratingId"],
                             r["satisfaction"],
                             r["assessTime"],
@@ -187,11 +191,10 @@ class Store:
                 raise Reject(422, "duplicate_record", f"评价数据不可重复: {e}") from e
             for i, a in enumerate(v.annotations):
                 rated = c.execute(
-                    "SELECT rating_id FROM records WHERE hall_id = ? AND terminal_id = ?"
-                    " AND seq = ?",
-                    (h["hallId"], a["terminalId"], a["seq"]),
+                    "SELECT terminal_id, seq FROM records WHERE hall_id = ? AND rating_id = ?",
+                    (h["hallId"], a["ratingId"]),
                 ).fetchone()
-                if rated is None or rated[0] != a["ratingId"]:
+                if rated is None or tuple(rated) != (a["terminalId"], a["seq"]):
                     c.execute("ROLLBACK")
                     raise Reject(
                         422, "annotation", f"annotations[{i}]: names no evaluation received"

@@ -98,8 +98,8 @@ class Daemon:
                 for tid, frame in out.send:
                     sim.daemon_sent(tid, frame)
                 group.extend(out.store)
-        upd, boots = core.take_updates()
-        if not (group or upd or boots or refusals):
+        upd = core.take_updates()
+        if not (group or upd or refusals):
             return
         if sim.bug == "ack_before_commit" and group:
             for tid, frame in core.committed([Stored(r, 0) for r in group], now):
@@ -109,12 +109,12 @@ class Daemon:
         if self.disk_full and sim.faulty:
             # What the service does on StoreFull: nothing was committed, keep
             # the terminal state for the next commit, tell the terminals.
-            core.restore_updates(upd, boots)
+            core.restore_updates(upd)
             for tid, frame in core.failed(group):
                 sim.daemon_sent(tid, frame)
             sim.count("commits_refused_disk_full")
             return
-        stored = self.store.commit(group, now, upd, boots, refusals)
+        stored = self.store.commit(group, now, upd, refusals)
         sim.stats["stored"] += sum(1 for s in stored if s.id is not None)
         if group and self.crash_now("after_commit"):
             return

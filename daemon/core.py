@@ -14,7 +14,7 @@ ACK for a rating that has not been received and committed.  The shell calls:
     ... store out.store together with core.take_updates() in ONE commit ...
     acks = core.committed(stored, now_ms)         # only after the commit returned
     core.failed(out.store)                        # or, if the commit failed
-    core.clock_stepped(delta_ms)                  # the shell saw its wall clock step
+    core.clock_stepped(delta_ms, now_ms)          # the shell saw its wall clock step
 
 ``receive`` never raises for anything a terminal or the network can send; a
 refusal comes back as ``out.refused`` (a short reason) and is counted.
@@ -30,9 +30,8 @@ Rules (SPEC.md section 5):
 - Ratings are (terminal, journal, seq).  HELLO names the journal: a journal
   not seen before starts a new sequence space (event 'journal_new'); a head
   at or below what the store holds of that journal is an older image
-  ('journal_behind').  Either way, and whenever the terminal's tail or head
-  moved back, the acknowledgement point restarts at tail-1 and moves only
-  over records received again and held.
+  ('journal_behind').  At every HELLO the acknowledgement point restarts at
+  tail-1 and moves only over records received after it and held.
 - HELLO: TIME, then ACK(journal, mark), then CONFIG if set.
 - RATING/RATINGS: every record goes to the store (identical resends are
   duplicates; a divergent record under a held seq becomes a fork, store.py);
@@ -70,6 +69,9 @@ SESSIONS_PRUNE_AT = 10_000  # sessions in memory before old ones are pruned
 FUTURE_SLACK_MS = 5_000  # assess time later than receipt by more: clamped
 CLOCK_TOLERANCE_MS = 60_000  # device time further than this from the daemon's view: 'clock_off'
 REPLAY_HINT_MS = 5_000  # at most one ERROR REPLAY per terminal in this long
+LATENCY_SLACK_MS = 1_000  # the reference may sit this far outside the device's second (link latency)
+PREV_STARTS_KEPT = 8  # earlier starts of one boot epoch kept, to explain old-timeline device times
+CLOCK_STEPS_KEPT = 16  # the daemon's own clock steps remembered (and persisted) to explain offsets
 
 REFUSAL_REASONS = (
     "unknown_terminal",
@@ -143,7 +145,11 @@ class _Peer:
         self.down = link.Link(link.DAEMON, rec.id, key, min(rec.down_epoch, link.EPOCH_MAX))
         self.journal: int | None = rec.journal_id  # of the last HELLO; ACKs name it
         self.highs = dict(rec.journals)  # journal id -> highest seq stored
-        self.boots = dict(rec.boots)  # boot -> daemon ms at uptime 0
+        self.boots = dict(rec.boots)  # (journal, boot) -> daemon ms at uptime 0
+        self.distrust = dict(rec.distrust)  # journal -> (boot below, seq from): boot numbers reused
+        # a boot's start as known before a HELLO of that same boot moved it: the
+        # daemon's clock changed under a running terminal (a step across a restart)
+        self.prev_starts: dict[tuple[int, int], list[int]] = {}
         self.hello = False
         self.mark = 0  # every seq of self.journal in (tail-1, mark] was received and is stored
         self.stored_ahead: set[int] = set()
@@ -163,6 +169,7 @@ class Core:
         terminals: dict[int, TerminalRecord],
         sessions: Sequence[Session] = (),
         config: Sequence[tuple[int, int]] = (),
+        clock_steps: Sequence[tuple[int, int]] = (),
     ) -> None:
         self.peers: dict[int, _Peer] = {tid: _Peer(r) for tid, r in terminals.items()}
         self.by_window: dict[str, int] = {
@@ -174,6 +181,7 @@ class Core:
         self.pending = Updates()
         self.counters: dict[str, int] = {}
         self.step_total = 0  # sum of the daemon clock steps seen in this run (ms)
+        self.steps: list[tuple[int, int]] = list(clock_steps)[-CLOCK_STEPS_KEPT:]  # (at, delta)
         self.source_of: dict[str, int] = {}  # serial source -> terminal id it carries
 
     def update_terminals(self, terminals: dict[int, TerminalRecord]) -> int:
@@ -300,11 +308,14 @@ class Core:
         upd["journal_used"] = h.head - h.tail
         upd["journal_capacity"] = h.capacity
         upd["journal_id"] = h.journal
-        start = now_ms - h.uptime_ms
-        if peer.boots.get(h.boot) is None or abs(peer.boots[h.boot] - start) > DRIFT_MAX_MS:
-            peer.boots[h.boot] = start
-            self.pending.boots.append((peer.id, h.boot, start))
         jid, base = h.journal, h.tail - 1
+        start = now_ms - h.uptime_ms
+        bk = (jid, h.boot)
+        if peer.boots.get(bk) is None or abs(peer.boots[bk] - start) > DRIFT_MAX_MS:
+            if bk in peer.boots:
+                peer.prev_starts[bk] = (peer.prev_starts.get(bk, []) + [peer.boots[bk]])[-PREV_STARTS_KEPT:]
+            peer.boots[bk] = start
+            self.pending.boots.append((peer.id, jid, h.boot, start))
         new_space = jid != peer.journal
         detail = f"head {h.head}, tail {h.tail}, boot {h.boot}"
         if jid not in peer.highs:
@@ -315,6 +326,11 @@ class Core:
             self.pending.journals.append((peer.id, jid, now_ms))
         elif new_space and peer.journal is not None:
             self._event(peer, now_ms, "journal_switch", jid, f"{detail}; from {peer.journal:08x}")
+        if h.flags & messages.H_EPOCH_RAISED and peer.distrust.get(jid, (0, 0))[0] < h.boot:
+            # The boot count went back and was raised on our REPLAY hint:
+            # records of lower boot numbers may reuse numbers we knew.
+            peer.distrust[jid] = (h.boot, 0)
+            self.pending.distrust.append((peer.id, jid, h.boot, 0))
         behind = h.head - 1 < peer.highs[jid]
         if behind:
             # An older image of this journal (restored, cloned): it may hold
@@ -322,11 +338,19 @@ class Core:
             # holds; only what arrives again counts for the ACK.
             self._event(peer, now_ms, "journal_behind", jid,
                         f"{detail}; the store holds up to seq {peer.highs[jid]}")  # fmt: skip
-        if new_space or behind or not peer.hello or base > peer.mark or h.head - 1 < peer.mark:
-            keep = not (new_space or behind)
-            peer.mark = base
-            peer.stored_ahead = {s for s in peer.stored_ahead if s > base} if keep else set()
-            self._advance(peer)
+            # Since the image came back, the terminal counted boots from the
+            # image's count again: a record of an earlier boot number from the
+            # tail on may be of a boot the daemon knows under that number.
+            if peer.distrust.get(jid, (0, 0))[0] < h.boot:
+                peer.distrust[jid] = (h.boot, h.tail)
+                self.pending.distrust.append((peer.id, jid, h.boot, h.tail))
+        # The ACK point restarts at the tail at every HELLO, and moves only over
+        # records received after it: whatever the daemon held before, the
+        # terminal may hold other records under those seqs now (an image put
+        # back, then pressed before its HELLO went out).  The terminal resends
+        # from its tail after every HELLO anyway (firmware/session.py).
+        peer.mark = base
+        peer.stored_ahead = set()
         peer.journal = jid
         peer.hello = True
         peer.need_time = False
@@ -335,10 +359,26 @@ class Core:
         if self.config:
             out.send.append((peer.id, self._send(peer, messages.Config(self.config))))
 
+    def _start(self, peer: _Peer, r: messages.Rating) -> int | None:
+        """When the rating's boot epoch began (daemon ms), if known for sure."""
+        d = peer.distrust.get(r.journal)
+        if d is not None and r.boot < d[0] and r.seq >= d[1]:
+            return None  # maybe a reused boot number (an older journal image came back)
+        return peer.boots.get((r.journal, r.boot))
+
+    def _press_ms(self, peer: _Peer, r: messages.Rating, assess: int) -> int:
+        """The press on the daemon's timeline with ms precision, for intervals:
+        the rebuilt time when the boot is known, else the latest instant the
+        device's whole second allows (so a rounding never makes a press fast)."""
+        start = self._start(peer, r)
+        if start is not None:
+            return start + r.uptime_ms
+        return assess + 999 if r.flags & messages.F_TIME_SYNCED and r.time else assess
+
     def _assess(self, peer: _Peer, r: messages.Rating, now_ms: int,
                 flags_found: list[str]) -> tuple[int, str, bool]:  # fmt: skip
         """(assess ms, time quality, drifted) by the clock rule of SPEC.md section 5."""
-        start = peer.boots.get(r.boot)
+        start = self._start(peer, r)
         ref = None if start is None else start + r.uptime_ms
         if r.flags & messages.F_TIME_SYNCED and r.time:
             dev = r.time * 1000
@@ -349,8 +389,21 @@ class Core:
                 self._upd(peer.id)["clock_offset_ms"] = offset
                 drift = abs(offset) > DRIFT_MAX_MS + 1000  # device time has 1 s resolution
                 if abs(offset) <= CLOCK_TOLERANCE_MS:
-                    return dev, "synced", drift
-                flags_found.append("clock_off")
+                    # the device's whole second, refined to the ms by the
+                    # reference where it falls inside that second
+                    # (the two differ by the link's latency both ways, too)
+                    if dev - LATENCY_SLACK_MS <= ref <= dev + 999 + LATENCY_SLACK_MS:
+                        dev = min(max(ref, dev), dev + 999)
+                    return min(dev, now_ms), "synced", drift
+                if self._explained_by_steps(offset) or any(
+                    self._explained_by_steps(dev - (p + r.uptime_ms), 0)
+                    for p in peer.prev_starts.get((r.journal, r.boot), ())
+                ):
+                    # Synced by a TIME from before a step of the daemon's own
+                    # clock (perhaps before a restart): the daemon's doing.
+                    self.count("clock_offsets_from_daemon_steps")
+                else:
+                    flags_found.append("clock_off")
                 assess, quality = ref, "rebuilt"
             else:
                 return self._not_future(dev, now_ms, "synced", flags_found)
@@ -360,6 +413,20 @@ class Core:
             return now_ms, "received", False
         a, q, _ = self._not_future(assess, now_ms, quality, flags_found)
         return a, q, ref is not None and bool(r.flags & messages.F_TIME_SYNCED and r.time)
+
+    def _explained_by_steps(self, offset: int, runs_from: int = 1) -> bool:
+        """Does a run of the daemon's recent clock steps add up to -offset
+        (``runs_from`` 0: or no step at all)?"""
+        if runs_from == 0 and abs(offset) <= CLOCK_TOLERANCE_MS:
+            return True
+        st = self.steps
+        for i in range(len(st)):
+            acc = 0
+            for j in range(i, len(st)):
+                acc += st[j][1]
+                if abs(offset + acc) <= CLOCK_TOLERANCE_MS:
+                    return True
+        return False
 
     @staticmethod
     def _not_future(t: int, now_ms: int, quality: str, flags_found: list[str]) -> tuple[int, str, bool]:
@@ -382,7 +449,8 @@ class Core:
                 if s is not None and s.terminal_id == peer.id and not s.cancelled:
                     case_id = s.case_id
                     # A negative interval is clocks disagreeing, not a fast hand.
-                    if 0 <= assess - s.armed_ms < HUMAN_MIN_MS and quality != "received":
+                    fast = self._press_ms(peer, r, assess) - s.armed_ms
+                    if 0 <= fast < HUMAN_MIN_MS and quality != "received":
                         flags_found.append("too_fast")
                     if s.used:
                         flags_found.append("repeated")
@@ -492,7 +560,7 @@ class Core:
         if ahead:
             peer.stored_ahead = {s for s in ahead if s > peer.mark}
 
-    def clock_stepped(self, delta_ms: int) -> None:
+    def clock_stepped(self, delta_ms: int, now_ms: int) -> None:
         """The shell's wall clock jumped by ``delta_ms`` (an NTP step, an
         operator): move what this core remembers in wall time by the step, so
         intervals and rebuilt times stay on one timeline, and send every
@@ -501,10 +569,13 @@ class Core:
             return
         self.step_total += delta_ms
         self.count("daemon_clock_steps")
+        self.steps = (self.steps + [(now_ms, delta_ms)])[-CLOCK_STEPS_KEPT:]
+        self.pending.clock_steps.append((now_ms, delta_ms))
         for p in self.peers.values():
-            for b in list(p.boots):
-                p.boots[b] += delta_ms
-                self.pending.boots.append((p.id, b, p.boots[b]))
+            for bk in list(p.boots):
+                p.prev_starts[bk] = (p.prev_starts.get(bk, []) + [p.boots[bk]])[-PREV_STARTS_KEPT:]
+                p.boots[bk] += delta_ms
+                self.pending.boots.append((p.id, bk[0], bk[1], p.boots[bk]))
             if p.last_seen >= 0:
                 p.last_seen += delta_ms
             p.last_time_ms += delta_ms

@@ -166,12 +166,27 @@ MIGRATIONS: list[tuple[str, str]] = [
             first_seen_ms INTEGER NOT NULL,
             last_seen_ms INTEGER NOT NULL,
             high_seq INTEGER NOT NULL DEFAULT 0,     -- highest seq stored of this journal
+            -- after an older image of this journal came back (journal_behind): records
+            -- of a boot below distrust_boot_below with seq >= distrust_seq_from may
+            -- reuse a boot number, so their (boot, uptime) is not rebuilt
+            distrust_boot_below INTEGER NOT NULL DEFAULT 0,
+            distrust_seq_from INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (terminal_id, journal_id)
         );
         INSERT INTO journals (terminal_id, journal_id, first_seen_ms, last_seen_ms, high_seq)
         SELECT id, 0, coalesce(created_ms, 0), coalesce(last_seen_ms, created_ms, 0), high_seq
         FROM terminals WHERE high_seq > 0;
         ALTER TABLE terminals ADD COLUMN journal_id INTEGER;   -- the journal of the last HELLO
+        CREATE TABLE boots_v2 (
+            terminal_id INTEGER NOT NULL,
+            journal_id INTEGER NOT NULL,   -- boot counts live in a journal: a new one counts again
+            boot INTEGER NOT NULL,
+            start_ms INTEGER NOT NULL,     -- daemon UTC ms of the terminal's uptime 0
+            PRIMARY KEY (terminal_id, journal_id, boot)
+        );
+        INSERT INTO boots_v2 SELECT terminal_id, 0, boot, start_ms FROM boots;
+        DROP TABLE boots;
+        ALTER TABLE boots_v2 RENAME TO boots;
         CREATE TABLE terminal_events (
             id INTEGER PRIMARY KEY,
             terminal_id INTEGER NOT NULL,
@@ -181,6 +196,11 @@ MIGRATIONS: list[tuple[str, str]] = [
             detail TEXT NOT NULL DEFAULT ''
         );
         CREATE INDEX terminal_events_terminal ON terminal_events(terminal_id, id);
+        CREATE TABLE clock_steps (
+            id INTEGER PRIMARY KEY,
+            at_ms INTEGER NOT NULL,    -- the daemon's wall clock just after the step
+            delta_ms INTEGER NOT NULL  -- the step: new wall time - old wall time
+        );
         """,
     ),
 ]

@@ -139,13 +139,18 @@ class Updates:
     """Terminal state that goes into the next commit, beside its ratings."""
 
     terminals: dict[int, dict[str, Any]] = field(default_factory=dict)
-    boots: list[tuple[int, int, int]] = field(default_factory=list)  # (terminal, boot, start ms)
+    boots: list[tuple[int, int, int, int]] = field(default_factory=list)
+    # boots: (terminal, journal, boot, start ms)
     journals: list[tuple[int, int, int]] = field(default_factory=list)  # (terminal, journal, ms) seen
+    distrust: list[tuple[int, int, int, int]] = field(default_factory=list)
+    # distrust: (terminal, journal, boot below, seq from): an older journal image came back
     events: list[tuple[int, int, str, int | None, str]] = field(default_factory=list)
     # events: (terminal, at ms, kind, journal, detail) -> terminal_events
+    clock_steps: list[tuple[int, int]] = field(default_factory=list)  # (at ms, delta ms)
 
     def __bool__(self) -> bool:
-        return bool(self.terminals or self.boots or self.journals or self.events)
+        return bool(self.terminals or self.boots or self.journals or self.events
+                    or self.clock_steps or self.distrust)  # fmt: skip
 
     def merge_after(self, newer: Updates) -> None:
         """Fold in what was gathered after this (a failed commit is retried)."""
@@ -153,7 +158,9 @@ class Updates:
             self.terminals.setdefault(tid, {}).update(d)
         self.boots += newer.boots
         self.journals += newer.journals
+        self.distrust += newer.distrust
         self.events += newer.events
+        self.clock_steps += newer.clock_steps
 
 
 @dataclass(slots=True)
@@ -172,9 +179,10 @@ class TerminalRecord:
     window_no: str | None
     rx_counter: int
     down_epoch: int
-    boots: dict[int, int]
+    boots: dict[tuple[int, int], int]  # (journal, boot) -> daemon ms at uptime 0
     journal_id: int | None = None  # the journal of the last HELLO
     journals: dict[int, int] = field(default_factory=dict)  # journal id -> highest seq stored
+    distrust: dict[int, tuple[int, int]] = field(default_factory=dict)  # journal -> (boot below, seq from)
 
 
 def _is_full(e: sqlite3.Error) -> bool:
@@ -276,21 +284,27 @@ class Store:
         (durably, before any frame of the new epoch is sent)."""
         with self._tx():
             self.conn.execute("UPDATE terminals SET down_epoch = down_epoch + 1 WHERE enabled = 1")
-        boots: dict[int, dict[int, int]] = {}
-        for tid, boot, start in self.conn.execute("SELECT terminal_id, boot, start_ms FROM boots"):
-            boots.setdefault(tid, {})[boot] = start
+        boots: dict[int, dict[tuple[int, int], int]] = {}
+        for tid, jid, boot, start in self.conn.execute(
+            "SELECT terminal_id, journal_id, boot, start_ms FROM boots"
+        ):
+            boots.setdefault(tid, {})[(jid, boot)] = start
         journals: dict[int, dict[int, int]] = {}
-        for tid, jid, high in self.conn.execute(
-            "SELECT terminal_id, journal_id, high_seq FROM journals"
+        distrust: dict[int, dict[int, tuple[int, int]]] = {}
+        for tid, jid, high, below, seq_from in self.conn.execute(
+            "SELECT terminal_id, journal_id, high_seq, distrust_boot_below, distrust_seq_from"
+            " FROM journals"
         ):
             journals.setdefault(tid, {})[jid] = high
+            if below:
+                distrust.setdefault(tid, {})[jid] = (below, seq_from)
         out = {}
         for tid, key, window, rx, epoch, jid in self.conn.execute(
             "SELECT id, key, window_no, rx_counter, down_epoch, journal_id FROM terminals"
             " WHERE enabled = 1"
         ):
             out[tid] = TerminalRecord(tid, bytes(key), window, rx, epoch, boots.get(tid, {}), jid,
-                                      journals.get(tid, {}))  # fmt: skip
+                                      journals.get(tid, {}), distrust.get(tid, {}))  # fmt: skip
         return out
 
     def terminals(self) -> list[dict[str, Any]]:
@@ -311,6 +325,13 @@ class Store:
             d["journals"] = r[len(cols) + 1]
             out.append(d)
         return out
+
+    def clock_steps(self, limit: int = 16) -> list[tuple[int, int]]:
+        """The daemon's last wall-clock steps, oldest first: (at ms, delta ms)."""
+        rows = self.conn.execute(
+            "SELECT at_ms, delta_ms FROM clock_steps ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [(int(a), int(d)) for a, d in reversed(rows)]
 
     def terminal_events(
         self, terminal_id: int | None = None, since_id: int = 0, limit: int = 1000
@@ -423,7 +444,7 @@ class Store:
                         [upd[k] for k in keys] + [tid],
                     )
             c.executemany(
-                "INSERT INTO boots (terminal_id, boot, start_ms) VALUES (?, ?, ?) "
+                "INSERT INTO boots (terminal_id, journal_id, boot, start_ms) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT DO UPDATE SET start_ms = excluded.start_ms",
                 u.boots,
             )
@@ -442,10 +463,16 @@ class Store:
                 seen,
             )
             c.executemany(
+                "UPDATE journals SET distrust_boot_below = ?3, distrust_seq_from = ?4"
+                " WHERE terminal_id = ?1 AND journal_id = ?2",
+                u.distrust,
+            )
+            c.executemany(
                 "INSERT INTO terminal_events (terminal_id, at_ms, kind, journal_id, detail)"
                 " VALUES (?, ?, ?, ?, ?)",
                 u.events,
             )
+            c.executemany("INSERT INTO clock_steps (at_ms, delta_ms) VALUES (?, ?)", u.clock_steps)
             c.executemany(
                 "INSERT INTO refusals (at_ms, source, terminal_id, reason) VALUES (?, ?, ?, ?)",
                 refusals,

@@ -156,6 +156,7 @@ class Session:
         self.resends = 0
         self.foreign_acks = 0  # ACKs naming another journal (ignored)
         self.epoch_jumps = 0  # boot count raised on the daemon's REPLAY hint
+        self.raised_boot = -1  # the boot count the last such raise went to
         self.frames_sent = 0
         self.records_sent = 0
         self.uptime = _zero  # callable -> uptime ms (the terminal's)
@@ -200,7 +201,7 @@ class Session:
                 j.acked,
                 j.capacity,
                 self.uptime() & 0xFFFFFFFF,
-                1 if self.clock.synced else 0,
+                (1 if self.clock.synced else 0) | (2 if j.boot == self.raised_boot else 0),
                 j.id,
             )
         )
@@ -249,18 +250,21 @@ class Session:
                 self._go(LE_HELLO_REQUIRED)
                 self._hello(now)
             elif msg.code == _m.E_REPLAY:
-                self._catch_up(msg.ref >> 16, now)
+                self._catch_up(msg.ref, now)
         else:
             out = msg
         self.link.accept(f)
         return out
 
-    def _catch_up(self, epoch, now):
-        """The daemon accepted counters up to ``epoch``: continue above it."""
-        if epoch < self.link.epoch or epoch >= 0xFFFF:
+    def _catch_up(self, ref, now):
+        """The daemon accepted counters up to ``ref``.  Above what we sent (our
+        boot count went back: wiped, replaced, restored), continue in the epoch
+        after it; else (a duplicate frame it refused) nothing is wrong."""
+        if ref <= self.link.tx_last or (ref >> 16) >= 0xFFFF:
             return
-        self.link.new_epoch(self.journal.raise_boot(epoch + 1))
+        self.link.new_epoch(self.journal.raise_boot((ref >> 16) + 1))
         self.epoch_jumps += 1
+        self.raised_boot = self.journal.boot
         if self.state != L_DOWN:
             self._go(LE_HELLO_REQUIRED)
             self._hello(now)

@@ -82,6 +82,11 @@ def _unpack(fmt, payload, name):
 # --------------------------------------------------------------------- up
 
 
+# HELLO flags
+H_CLOCK_SYNCED = 0x01  # the clock has been set by TIME since boot
+H_EPOCH_RAISED = 0x02  # this epoch was raised on the daemon's REPLAY hint: boot numbers went back
+
+
 class Hello(Message):
     TYPE = 0x01
     NAME = "HELLO"

@@ -66,7 +66,9 @@ def test_ack_is_contiguous(tmp_path):
     assert pump(core, store, t, [frames[1]], 20) == ["replay"]
     # the terminal's ACK time-out: it resends from the oldest unacknowledged
     pump(core, store, t, t.resend(per_frame=1)[:2], 30)  # HELLO + seq 2
-    assert t.ack_log[-1] == 4
+    # after a HELLO only records received after it count: 3 and 4 are held,
+    # but the terminal may hold other records under those seqs now
+    assert t.ack_log[-1] == 2
     pump(core, store, t, t.resend(), 40)
     assert t.acked == 5 and store.count("ratings") == 5
 

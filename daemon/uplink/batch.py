@@ -368,7 +368,7 @@ def verify_doc(doc: dict[str, Any], keyring: keys.Keyring) -> Verified:
         last_id = r["ratingId"]
         key = (r["terminalId"], r["journalId"], r["seq"], r["fork"])
         if key in seen:
-            raise BatchError("duplicate", "records[{}]: 评价数据不可重复 {}".format(i, key))
+            raise BatchError("duplicate", f"records[{i}]: 评价数据不可重复 {key}")
         seen.add(key)
         prev = chain.next_hash(prev, o)
         if prev.hex() != r["chain"]:

@@ -23,8 +23,11 @@ Rules (the uplink's state machine, one place):
   pending batches hold more than ``max_outbox_bytes``.  They are logged,
   written to uplink_meta and shown by ``hcp uplink status``; nothing stops.
 
-The loop reads the clock through ``clock`` and sleeps through ``stop.wait``,
-so a test can run it in a thread and stop it at once.
+The loop reads the wall clock through ``clock`` (timestamps: a batch's
+createdMs, a rating's age) and times its own waits (backoff, the next cut,
+alarm checks) on ``mono``, a monotonic clock, so a step of the wall clock
+never delays a delivery; it sleeps through ``stop.wait``, so a test can run
+it in a thread and stop it at once.
 """
 
 from __future__ import annotations
@@ -132,6 +135,7 @@ class Uplink:
         cfg: UplinkConfig,
         *,
         clock: Callable[[], float] = time.time,
+        mono: Callable[[], float] | None = None,
         stop: threading.Event | None = None,
         sink: delivery.Sink | None = None,
         notifier: sdnotify.Notifier | None = None,
@@ -141,6 +145,8 @@ class Uplink:
         self.next_watchdog = self.next_status = 0.0
         self.cfg = cfg
         self.clock = clock
+        # A test that injects a virtual wall clock times its waits on it too.
+        self.mono = mono if mono is not None else (time.monotonic if clock is time.time else clock)
         self.stop = stop or threading.Event()
         self.key = keys.load_private(cfg.keys_dir)
         self.conn = connect(cfg.db)
@@ -158,21 +164,23 @@ class Uplink:
         self.sink.close()
         self.conn.close()
 
-    def cut_ready(self, now: float) -> int:
+    def cut_ready(self, now: float, t: float | None = None) -> int:
         """Cut what the rules allow, never failing the loop: a broken local chain or a
         database error raises an alarm and cutting pauses until ``next_cut``, while
-        batches already signed keep being delivered."""
-        if now < self.next_cut:
+        batches already signed keep being delivered.  ``now``: wall seconds; ``t``:
+        monotonic seconds (default: now on ``mono``)."""
+        t = self.mono() if t is None else t
+        if t < self.next_cut:
             return 0
         try:
             n = self._cut(now)
         except OutboxError as e:
             self._alarm("chain_broken", str(e))
-            self.next_cut = now + self.cfg.backoff_cap_s
+            self.next_cut = t + self.cfg.backoff_cap_s
             return 0
         except sqlite3.Error as e:
             self._alarm("db_error", f"cutting a batch failed: {e}")
-            self.next_cut = now + self.backoff.next()
+            self.next_cut = t + self.backoff.next()
             return 0
         for a in ("chain_broken", "db_error"):
             if a in self.alarms:
@@ -188,8 +196,11 @@ class Uplink:
                 due = now * 1000 - self.cfg.max_age_s * 1000
                 oldest = self.outbox.oldest_unbatched_ms()
                 oldest_ann = self.outbox.oldest_waiting_annotation_ms()
-                force = (oldest is not None and oldest <= due) or (
-                    oldest_ann is not None and oldest_ann <= due
+                # A waiting row stamped after "now" means the wall clock
+                # stepped back since: it is due (never wait for the clock).
+                force = any(
+                    t is not None and (t <= due or t > now * 1000)
+                    for t in (oldest, oldest_ann)
                 )
             built = self.outbox.cut(
                 key=self.key,
@@ -204,23 +215,24 @@ class Uplink:
             n += 1
         return n
 
-    def deliver_one(self, now: float) -> bool:
-        """Try the oldest pending batch if its time has come; True if it was delivered."""
+    def deliver_one(self, t: float) -> bool:
+        """Try the oldest pending batch if its time (``t``, monotonic) has come;
+        True if it was delivered."""
         p = self.outbox.oldest_pending()
-        if p is None or now < self.next_try:
+        if p is None or t < self.next_try:
             return False
         try:
             ack = self.sink.deliver(p.batch_id, p.body)
         except delivery.Rejected as e:
             self.outbox.mark_failed(p.seq, str(e))
             self._alarm("batch_rejected", f"batch {p.seq} rejected: {e}")
-            self.next_try = now + self.cfg.backoff_cap_s
+            self.next_try = t + self.cfg.backoff_cap_s
             return False
         except delivery.Retryable as e:
             self.outbox.mark_failed(p.seq, str(e))
             delay = self.backoff.next()
             log.warning("batch %d not delivered (%s); retry in %.1f s", p.seq, e, delay)
-            self.next_try = now + delay
+            self.next_try = t + delay
             return False
         self.outbox.mark_delivered(p.seq, ack, int(self.clock() * 1000), self.sink.state)
         self.backoff.reset()
@@ -240,10 +252,10 @@ class Uplink:
             except sqlite3.Error as e:  # the log line above is the alarm then
                 log.error("cannot record alarm %s: %s", name, e)
 
-    def check_alarms(self, now: float) -> list[str]:
-        if now < self.next_alarm_check:
+    def check_alarms(self, t: float) -> list[str]:
+        if t < self.next_alarm_check:
             return self.alarms
-        self.next_alarm_check = now + ALARM_EVERY_S
+        self.next_alarm_check = t + ALARM_EVERY_S
         new = [a for a in self.alarms if a in ("batch_rejected", "chain_broken", "db_error")]
         free = shutil.disk_usage(Path(self.cfg.db).resolve().parent).free
         if free < self.cfg.min_free_bytes:
@@ -260,14 +272,14 @@ class Uplink:
 
     def step(self) -> bool:
         """One round; True if something was cut or delivered."""
-        now = self.clock()
-        self.check_alarms(now)
-        cut = self.cut_ready(now)
+        now, t = self.clock(), self.mono()
+        self.check_alarms(t)
+        cut = self.cut_ready(now, t)
         try:
-            sent = self.deliver_one(now)
+            sent = self.deliver_one(t)
         except sqlite3.Error as e:  # e.g. disk full while recording an ack: resend later
             self._alarm("db_error", f"recording a delivery failed: {e}")
-            self.next_try = now + self.backoff.next()
+            self.next_try = t + self.backoff.next()
             sent = False
         return bool(cut or sent)
 
@@ -307,7 +319,7 @@ class Uplink:
                         return
                 wait = self.cfg.poll_s
                 if self.outbox.pending_count():
-                    wait = min(wait, self.next_try - self.clock())
+                    wait = min(wait, self.next_try - self.mono())
             except sqlite3.Error as e:
                 log.error("database error in the uplink loop: %s", e)
                 wait = DB_RETRY_S

@@ -224,7 +224,7 @@ def _print_summary(s, details, ok) -> None:  # type: ignore[no-untyped-def]
 @click.option("--jobs", "-j", default=1, show_default=True, help="Processes to run seeds in.")
 @click.option("--per-seed", is_flag=True,
               help="Print one outcome line per seed (JSON with --json), in seed order, to compare runs.")  # fmt: skip
-@click.option("--bug", type=click.Choice(["ack_before_commit", "free_before_ack"]), default=None,
+@click.option("--bug", type=click.Choice(["ack_before_commit", "free_before_ack", "no_journal_identity"]), default=None,
               hidden=True, help="Test-only: break one rule on purpose.")  # fmt: skip
 def check_cmd(
     n: int | None, first: int | None, as_json: bool, keep: str | None, jobs: int,

@@ -8,10 +8,11 @@ rebuilt from the SQLite file, as a restarted daemon does) and a full disk
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from haochaping.daemon import core as coremod
-from haochaping.daemon.store import NewRating, Store, Stored
+from haochaping.daemon.clock import StepWatch
+from haochaping.daemon.store import NewRating, Store, Stored, Updates
 from haochaping.protocol import errors, serial
 from haochaping.simulator.vopr.world import EPOCH_MS
 
@@ -35,6 +36,7 @@ class Daemon:
         self.pending_crashes = 0
         self.next_crash_at = 0
         self.crash_where = "before_commit"
+        self.watch = StepWatch()
 
     def start(self, now: int) -> None:
         sim = self.sim
@@ -48,7 +50,8 @@ class Daemon:
             sessions.append(
                 coremod.Session(tok, case_id, win, tid, armed, expires, cancelled is not None)
             )
-        self.core = coremod.Core(terms, sessions, sim.config)
+        self.core = coremod.Core(terms, sessions, sim.config, self.store.clock_steps())
+        self.watch = StepWatch()  # a new process: a new monotonic clock
         self.decoders = {vt.tid: serial.Decoder() for vt in sim.vts}
         self.up = True
         self.starts += 1
@@ -61,7 +64,15 @@ class Daemon:
         self.up = False
 
     def now(self) -> int:
-        return EPOCH_MS + self.sim.now + self.sim.daemon_skew
+        wall = EPOCH_MS + self.sim.now + self.sim.daemon_skew
+        if self.core is not None:
+            # the shell's watch, as service.py keeps it: a step of the wall
+            # clock against the monotonic one (sim.now) goes to the core
+            step = self.watch.observe(wall, self.sim.now)
+            if step:
+                self.core.clock_stepped(step, wall)
+                self.sim.count("daemon_clock_steps_seen")
+        return wall
 
     def tick(self) -> None:
         if not self.up or self.core is None or self.store is None:
@@ -95,6 +106,8 @@ class Daemon:
                 out = core.receive(source, f, now, bound=not vt.mqtt)
                 if out.refused:
                     refusals.append((now, source, out.terminal_id, out.refused))
+                    if out.refused == "replay" and out.send:
+                        sim.count("replay_hints_seen")
                 for tid, frame in out.send:
                     sim.daemon_sent(tid, frame)
                 group.extend(out.store)
@@ -114,13 +127,41 @@ class Daemon:
                 sim.daemon_sent(tid, frame)
             sim.count("commits_refused_disk_full")
             return
-        stored = self.store.commit(group, now, upd, refusals)
+        if sim.bug == "no_journal_identity":
+            stored = self._commit_as_before_journal_identity(group, now, upd, refusals)
+        else:
+            stored = self.store.commit(group, now, upd, refusals)
         sim.stats["stored"] += sum(1 for s in stored if s.id is not None)
+        forks = sum(1 for s in stored if s.id is not None and s.fork)
+        if forks:
+            sim.count("forks_stored", forks)
         if group and self.crash_now("after_commit"):
             return
         if sim.bug != "ack_before_commit":
             for tid, frame in core.committed(stored, now):
                 sim.daemon_sent(tid, frame)
+
+    def _commit_as_before_journal_identity(
+        self, group: list[NewRating], now: int, upd: Updates, refusals: list[Any]
+    ) -> list[Stored]:
+        """Test-only (bug ``no_journal_identity``): the store as it was before
+        journal identity -- a record whose (terminal, seq) is held is taken for
+        a duplicate, whatever its journal or content -- to show the checks
+        catch what that lost."""
+        if self.store is None:
+            return []
+        seen = set(self.store.conn.execute("SELECT terminal_id, seq FROM ratings").fetchall())
+        new: list[NewRating] = []
+        out: list[Stored | None] = []
+        for r in group:
+            if (r.terminal_id, r.seq) in seen:
+                out.append(Stored(r, None))
+            else:
+                seen.add((r.terminal_id, r.seq))
+                new.append(r)
+                out.append(None)
+        done = iter(self.store.commit(new, now, upd, refusals))
+        return [x if x is not None else next(done) for x in out]
 
     def cancel(self, token: int) -> None:
         """The business system withdraws a case: the session is cancelled
@@ -129,7 +170,10 @@ class Daemon:
             return
         now = self.now()
         if self.store.cancel_session(token, now):
-            self.sim.cancelled[token] = now
+            # the watermark: ratings stored after this one come after the cancel
+            self.sim.cancelled[token] = self.store.conn.execute(
+                "SELECT coalesce(max(id), 0) FROM ratings"
+            ).fetchone()[0]
             self.sim.count("cases_cancelled")
         for tid, frame in self.core.cancel(token):
             self.sim.daemon_sent(tid, frame)
@@ -161,6 +205,7 @@ class Daemon:
             sim.count("arm_refused")
             return False
         self.store.add_session(token, case_id, vt.window_no, vt.tid, s.armed_ms, s.expires_ms)
+        sim.armed_at.setdefault(vt.tid, []).append(sim.now)
         for tid, frame in frames:
             sim.daemon_sent(tid, frame)
         return True
@@ -207,3 +252,23 @@ class Daemon:
         self.crash()
         sim.at(sim.now + sim.rng.randint(100, 8000), lambda: self.start(self.now()))
         return True
+
+    def schedule_clock_steps(self, end: int) -> None:
+        """The daemon's clock starts off by up to 2 h either way; NTP steps it
+        back to the true time (in one step or two)."""
+        sim, r = self.sim, self.sim.rng
+        if not sim.plan.clock_steps:
+            return
+        off = r.choice((-1, 1)) * r.randint(60_000, 7_200_000)
+        sim.daemon_skew += off
+        times = sorted(r.randint(0, end) for _ in range(sim.plan.clock_steps))
+        parts = [off // 2, off - off // 2] if len(times) == 2 else [off]
+        for t, d in zip(times, parts, strict=True):
+            sim.at(t, self._step(-d))
+
+    def _step(self, delta: int) -> Callable[[], None]:
+        def fire() -> None:
+            self.sim.daemon_skew += delta
+            self.sim.count("daemon_clock_step")
+
+        return fire

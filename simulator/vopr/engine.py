@@ -31,7 +31,13 @@ from haochaping.simulator.vopr.terminal import VTerm
 from haochaping.simulator.vopr.uplink import HALL, UPLINK_EVERY_MS, UplinkActor
 from haochaping.simulator.vopr.world import TICK_MS
 
-MAX_JUMP_MS = 1000  # when nothing is in flight, the clock may skip ahead this far
+# A rating as a terminal wrote it: (terminal, journal, seq, content), content =
+# (level, reason, flags, session, device time, uptime ms, boot).  Content is
+# part of the key: a restored journal image can write two ratings under one seq.
+Attempt = tuple[int, int, int, tuple[int, ...]]
+
+MAX_JUMP_MS = 1000
+HUMAN_SLACK_MS = 400 + 1000  # coremod.HUMAN_MIN_MS, plus the ARM's way to the terminal  # when nothing is in flight, the clock may skip ahead this far
 HEAL_MAX_MS = 15 * 60 * 1000  # after the faults stop, everything drains within this
 
 __all__ = ["HALL", "Sim"]
@@ -71,11 +77,13 @@ class Sim:
         cfg.append((messages.C_REASON_TIMEOUT_S, self.rng.choice((5, 15))))
         cfg.append((messages.C_THANKS_MS, self.rng.choice((1000, 2000))))
         self.config = cfg
-        # what the terminals did: (tid, seq) -> (level, reason, session)
-        self.attempts: dict[tuple[int, int], tuple[int, int, int]] = {}
-        self.confirmed: dict[tuple[int, int], tuple[int, int, int]] = {}
+        # what the terminals did: (tid, journal, seq, record content) -> (level, reason, session)
+        self.attempts: dict[Attempt, tuple[int, int, int]] = {}
+        self.written_at: dict[Attempt, int] = {}  # virtual ms of the journal write
+        self.armed_at: dict[int, list[int]] = {}  # terminal -> virtual ms of each ARM
+        self.confirmed: dict[Attempt, tuple[int, int, int]] = {}
         self.cases: dict[int, str] = {}  # session token -> case_no
-        self.cancelled: dict[int, int] = {}  # session token -> daemon ms of the cancellation
+        self.cancelled: dict[int, int] = {}  # session token -> last rating id stored before its cancel
         # files
         self.dir = workdir
         self.db_path = str(workdir / "hall.sqlite")
@@ -114,32 +122,50 @@ class Sim:
 
     # -------------------------------------------------------- hooks
 
-    def check_ack(self, vt: VTerm, acked: int, upto: int) -> None:
+    def held(self, key: Attempt) -> bool:
+        """Is this rating (with this content) in the daemon's SQLite?"""
+        tid, jid, seq, c = key
+        return self.check_conn.execute(
+            "SELECT 1 FROM ratings WHERE terminal_id = ? AND journal_id = ? AND seq = ? AND level = ?"
+            " AND reason = ? AND flags = ? AND coalesce(session, 0) = ? AND device_time = ?"
+            " AND uptime_ms = ? AND boot = ?",
+            (tid, jid, seq, *c),
+        ).fetchone() is not None
+
+    def check_ack(self, vt: VTerm, acked: int, upto: int, jid: int, flash: bytes) -> None:
+        """A meta write moved the ack point: every record it frees (read from
+        the flash as the firmware wrote it) must be in SQLite."""
         if upto <= acked:
             return
         self.stats["acked_to_terminal"] += upto - acked
-        have = {
-            r[0]
-            for r in self.check_conn.execute(
-                "SELECT seq FROM ratings WHERE terminal_id = ? AND seq > ? AND seq <= ?",
-                (vt.tid, acked, upto),
-            )
-        }
         for s in range(acked + 1, upto + 1):
-            if s not in have and (vt.tid, s) in self.attempts:
+            key = vt.record_at(flash, jid, s)
+            if key is not None and key in self.attempts and not self.held(key):
                 self.fail(
                     "ack_unstored",
-                    f"terminal {vt.tid:08x} got ACK {upto} but seq {s} is not in SQLite",
+                    f"terminal {vt.tid:08x} got ACK {upto} of journal {jid:08x} but seq {s}"
+                    " is not in SQLite",
                 )
 
     def thanks(self, vt: VTerm, t: terminal.Terminal) -> None:
-        key = (vt.tid, t.last_seq)
-        if key not in self.attempts:
+        rec = t.journal.record(t.last_seq)
+        key = None if rec is None else (vt.tid, t.journal.id, rec[0], tuple(rec[1:]))
+        if key is None or key not in self.attempts:
             self.fail(
-                "thanks_unwritten", f"THANKS for {key[0]:08x} seq {key[1]} with no journal write"
+                "thanks_unwritten", f"THANKS for {vt.tid:08x} seq {t.last_seq} with no journal write"
             )
+            return
         self.confirmed[key] = self.attempts[key]
         self.stats["thanks"] += 1
+
+    def destroyed(self, vt: VTerm, survives: Callable[[Attempt], bool]) -> None:
+        """A technician erased or replaced what the flash held: ratings it held
+        that the daemon does not (and that ``survives`` does not keep) are gone
+        with it, as a press on a terminal that is off is; count them."""
+        for key in [k for k in self.confirmed if k[0] == vt.tid]:
+            if not survives(key) and not self.held(key):
+                del self.confirmed[key]
+                self.count("destroyed_with_the_flash")
 
     def terminal_wrote(self, vt: VTerm, data: bytes) -> None:
         """Bytes (serial) or a frame (MQTT) the terminal put on its link."""
@@ -187,6 +213,8 @@ class Sim:
         self.daemon.schedule_disk_fulls(end)
         self.uplink.schedule_faults(end)
         self.daemon.schedule_crashes(end)
+        terminal_actor.schedule_journal_faults(self, end)
+        self.daemon.schedule_clock_steps(end)
         return end
 
     def _case(self, vt: VTerm, case_no: str, token: int) -> Callable[[], None]:
@@ -327,28 +355,28 @@ class Sim:
         return "; ".join(parts)
 
     def _final_check(self) -> None:
-        recs: dict[tuple[int, int], dict[str, Any]] = {}
+        recs: dict[Attempt, dict[str, Any]] = {}
         for rec in self.receiver.records(HALL):
-            key = (int(rec["terminalId"], 16), int(rec["seq"]))
+            o = rec["origin"]
+            key = (o["terminal_id"], o["journal_id"], o["seq"], (o["level"], o["reason"], o["flags"],
+                   o["session"] or 0, o["device_time"], o["uptime_ms"], o["boot"]))  # fmt: skip
             if key in recs:
-                self.fail("duplicate", f"{key[0]:08x} seq {key[1]} reached the receiver twice")
+                self.fail("duplicate", f"{_name(key)} reached the receiver twice")
             recs[key] = rec
         for key, (level, reason, session) in sorted(self.confirmed.items()):
             rec = recs.get(key)
             if rec is None:
-                self.fail(
-                    "lost", f"THANKS shown for {key[0]:08x} seq {key[1]}, not at the receiver"
-                )
+                self.fail("lost", f"THANKS shown for {_name(key)}, not at the receiver")
                 return
             self._check_binding(key, rec, level, reason, session)
         for key, rec in sorted(recs.items()):
             att = self.attempts.get(key)
             if att is None:
-                self.fail(
-                    "phantom", f"the receiver has {key[0]:08x} seq {key[1]} that no terminal wrote"
-                )
+                self.fail("phantom", f"the receiver has {_name(key)} that no terminal wrote")
                 return
             self._check_binding(key, rec, *att)
+        if not self.plan.skew:
+            self._check_clock_flags(recs)
         if self.daemon.store is not None:
             bad = self.daemon.store.verify_chain()
             if bad is not None:
@@ -356,25 +384,45 @@ class Sim:
         self.stats["at_receiver"] = len(recs)
         self.stats["daemon_starts"] = self.daemon.starts
 
+    def _check_clock_flags(self, recs: dict[Attempt, dict[str, Any]]) -> None:
+        """Honest terminals, clocks not skewed: no rating may carry a clock
+        suspicion (clock_off; too_fast but the terminal's own RAPID;
+        clock_clamped unless the daemon's clock was off before its step).
+        A fork is exempt: it was written by a restored journal image, whose
+        boot numbers may repeat ones of the history the daemon holds, so its
+        (boot, uptime) cannot name an instant for sure -- a terminal that
+        disagrees with its own history, which is what a flag is for."""
+        for key, rec in sorted(recs.items()):
+            f = set(rec["flags"])
+            if rec["fork"]:
+                continue
+            bad = {"clock_off"} & f
+            if "too_fast" in f and not rec["origin"]["flags"] & messages.F_RAPID:
+                # honest only if the terminal really was armed just before
+                # (a late citizen of the previous case pressing into a new ARM)
+                t = self.written_at.get(key, -1)
+                if not any(t - HUMAN_SLACK_MS <= a <= t for a in self.armed_at.get(key[0], ())):
+                    bad.add("too_fast")
+            if "clock_clamped" in f and not self.plan.clock_steps:
+                bad.add("clock_clamped")
+            if bad:
+                self.fail("clock_flags", f"{_name(key)} carries {sorted(bad)} with no clock at fault")
+
     def _check_binding(
-        self, key: tuple[int, int], rec: dict[str, Any], level: int, reason: int, session: int
+        self, key: Attempt, rec: dict[str, Any], level: int, reason: int, session: int
     ) -> None:
         o = rec["origin"]
         want_case = self.cases.get(session) if session else None
-        if session in self.cancelled:
+        if session in self.cancelled and o["id"] > self.cancelled[session]:
             # The daemon's rule: a cancelled session binds only the ratings
             # it stored before the cancellation.
-            row = self.check_conn.execute(
-                "SELECT received_ms FROM ratings WHERE terminal_id = ? AND seq = ?", key
-            ).fetchone()
-            if row is None or row[0] >= self.cancelled[session]:
-                want_case = None
+            want_case = None
         got = (o["level"], o["reason"], o["session"] or 0, rec["projectNo"])
         want = (level, reason, session, want_case)
         if got != want:
             self.fail(
                 "binding",
-                f"{key[0]:08x} seq {key[1]}: receiver has (level, reason, session, case) {got!r}, "
+                f"{_name(key)}: receiver has (level, reason, session, case) {got!r}, "
                 f"terminal wrote {want!r}",
             )
 
@@ -384,3 +432,6 @@ class Sim:
         self.receiver.close()
         self.check_conn.close()
 
+
+def _name(key: Attempt) -> str:
+    return f"{key[0]:08x} journal {key[1]:08x} seq {key[2]}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-BUGS = ("ack_before_commit", "free_before_ack")
+BUGS = ("ack_before_commit", "free_before_ack", "no_journal_identity")
 
 
 @dataclass
@@ -40,6 +40,10 @@ class Plan:
     cancel_rate: float = 0.0  # share of cases the business system withdraws (DISARM)
     ack_lost: float = 0.0
     skew: bool = False
+    wipes: int = 0  # a terminal's flash erased (factory reset, re-flash)
+    replaces: int = 0  # a terminal's board swapped for a new one with the same id and key
+    restores: int = 0  # a terminal's journal image put back from an older copy
+    clock_steps: int = 0  # the daemon's clock is off, then NTP steps it to the true time
     batch_size: int = 5
     case_gap_ms: tuple[int, int] = (4000, 40_000)  # between two cases at one window
     faults: list[str] = field(default_factory=list)
@@ -105,4 +109,12 @@ class Plan:
             p.mqtt_terminals = rng.randint(1, p.terminals)
         if on("cancel"):
             p.cancel_rate = rng.uniform(0.05, 0.3)
+        if on("journal_wipe"):
+            p.wipes = rng.randint(1, 2)
+        if on("board_replace"):
+            p.replaces = 1
+        if on("journal_restore"):
+            p.restores = rng.randint(1, 2)
+        if on("daemon_clock_step"):
+            p.clock_steps = rng.randint(1, 2)
         return p

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from haochaping.firmware import board_sim, links, terminal, ui
 from haochaping.firmware import journal as journalmod
 from haochaping.protocol.auth import Key
+from haochaping.protocol.crc import crc16
 from haochaping.simulator.vopr.world import (
     PRESS_HOLD_MS,
     TICKS_MASK,
@@ -29,10 +30,12 @@ from haochaping.simulator.vopr.world import (
 if TYPE_CHECKING:
     from haochaping.simulator.vopr.engine import Sim
 
+_REC = ">IBBIIIH"  # the journal's record layout (firmware/journal.py), bytes 0..19
+
 
 class SimBoard(board_sim.SimBoard):
     def __init__(self, vt: VTerm, flash: Flash) -> None:
-        super().__init__(flash, name="vopr", reset_cause=vt.reset_cause)
+        super().__init__(flash, name=vt.board_name, reset_cause=vt.reset_cause)
         self.vt = vt
         self.port: UartPort | MessagePort
         if vt.mqtt:
@@ -79,7 +82,10 @@ class VTerm:
         self.up.stream = self.down.stream = not self.mqtt
         self.boots = 0
         self.cut_next_write = 0
-        self.acked_seen = 0  # highest ack point written to flash
+        self.acked_seen = 0  # ack point last written to flash
+        self.jid = -1  # the journal id the flash's meta names
+        self.board_name = "vopr"
+        self.images: list[tuple[int, bytes]] = []  # (journal id, durable bytes) copies
         self.trusted_free = False  # the free_before_ack switch is freeing
 
     def ticks(self, now: int) -> int:
@@ -93,6 +99,7 @@ class VTerm:
             self.flash.cut_in = self.cut_next_write
             self.cut_next_write = 0
         self.board = SimBoard(self, self.flash)
+        self.board.new_id = lambda: self.sim.rng.getrandbits(32)  # seeded: runs replay
         self.boots += 1
         try:
             t = terminal.Terminal(
@@ -113,16 +120,47 @@ class VTerm:
         tried to store; a meta write with a higher ack point frees slots."""
         sim = self.sim
         if off >= journalmod.DATA_AT and len(b) == journalmod.REC_LEN:
-            seq, lr, _fl, session = struct.unpack_from(">IBBI", b)
-            sim.attempts[(self.tid, seq)] = (lr & 7, lr >> 3, session)
+            seq, lr, fl, session, t, up, boot = struct.unpack_from(_REC, b)
+            key = (self.tid, self.jid, seq, (lr & 7, lr >> 3, fl, session, t, up, boot))
+            sim.attempts[key] = (lr & 7, lr >> 3, session)
+            sim.written_at[key] = sim.now
             if not torn:
                 sim.stats["journaled"] += 1
         elif off < journalmod.DATA_AT and len(b) == journalmod.META_LEN and b[:2] == b"HJ":
+            if torn:
+                return
             acked = struct.unpack_from(">I", b, 10)[0]
-            if not torn and acked > self.acked_seen:
-                if not self.trusted_free:
-                    sim.check_ack(self, self.acked_seen, acked)
+            jid = struct.unpack_from(">I", b, 20)[0] if b[2] >= 2 else 0
+            if jid != self.jid or acked < self.acked_seen:
+                # a formatted, wiped or restored journal: its own ack point
+                self.jid, self.acked_seen = jid, acked
+            elif acked > self.acked_seen:
+                if not self.trusted_free and self.flash is not None:
+                    sim.check_ack(self, self.acked_seen, acked, jid, bytes(self.flash.data))
                 self.acked_seen = acked
+
+    def record_at(self, flash: bytes, jid: int, seq: int) -> tuple[int, int, int, tuple[int, ...]] | None:
+        """The whole record for ``seq`` in a flash image, as an attempt key."""
+        cap = self.term.journal.capacity if self.term is not None else self.sim.plan.capacity
+        off = journalmod.DATA_AT + ((seq - 1) % cap) * journalmod.REC_LEN
+        b = flash[off : off + journalmod.REC_LEN]
+        if len(b) != journalmod.REC_LEN or crc16(b[:22]) != (b[22] << 8 | b[23]):
+            return None
+        s, lr, fl, session, t, up, boot = struct.unpack_from(_REC, b)
+        if s != seq:
+            return None
+        return (self.tid, jid, s, (lr & 7, lr >> 3, fl, session, t, up, boot))
+
+    def erase(self, durable: bytearray, survives: Callable[[Any], bool], now: int) -> None:
+        """Power off, put ``durable`` on the flash chip (empty: erased), boot."""
+        was_on = self.on
+        self.term = None
+        self.on = False
+        self.sim.destroyed(self, survives)
+        self.durable = durable
+        self.reset_cause = 1
+        if was_on:
+            self.sim.at(now + self.sim.rng.randint(500, 5000), lambda: self.boot(self.sim.now))
 
     def power_cut(self, now: int) -> None:
         self.term = None
@@ -175,6 +213,50 @@ def schedule_faults(sim: Sim, end: int) -> None:
     for _ in range(sim.plan.write_cuts):
         vt = r.choice(sim.vts)
         sim.at(r.randint(0, end), _arm_write_cut(sim, vt, r.randint(1, 6)))
+
+
+def schedule_journal_faults(sim: Sim, end: int) -> None:
+    """Wiped flashes, replaced boards and restored journal images (issue #11)."""
+    r = sim.rng
+    for _ in range(sim.plan.wipes):
+        sim.at(r.randint(0, end), _wipe(sim, r.choice(sim.vts), replace=False))
+    for _ in range(sim.plan.replaces):
+        sim.at(r.randint(0, end), _wipe(sim, r.choice(sim.vts), replace=True))
+    for _ in range(sim.plan.restores):
+        vt = r.choice(sim.vts)
+        t0 = r.randint(0, end)
+        sim.at(t0, _snapshot(vt))
+        sim.at(t0 + r.randint(5_000, 120_000), _restore(sim, vt))
+
+
+def _wipe(sim: Sim, vt: VTerm, replace: bool) -> Callable[[], None]:
+    def fire() -> None:
+        if not sim.faulty:
+            return
+        sim.count("board_replaced" if replace else "journal_wiped")
+        if replace:
+            vt.board_name = "vopr-new"  # the replacement board
+        vt.erase(bytearray(), lambda key: False, sim.now)
+
+    return fire
+
+
+def _snapshot(vt: VTerm) -> Callable[[], None]:
+    def fire() -> None:
+        vt.images.append((vt.jid, bytes(vt.durable)))
+
+    return fire
+
+
+def _restore(sim: Sim, vt: VTerm) -> Callable[[], None]:
+    def fire() -> None:
+        if not sim.faulty or not vt.images:
+            return
+        jid, image = vt.images.pop()
+        sim.count("journal_restored")
+        vt.erase(bytearray(image), lambda key: vt.record_at(image, jid, key[2]) == key, sim.now)
+
+    return fire
 
 
 def _plug(sim: Sim, vt: VTerm, plugged: bool) -> Callable[[], None]:

@@ -42,8 +42,9 @@ class UplinkActor:
                 seed=sim.rng.randint(0, 1 << 30),
             )
             self.runner = uplink_runner.Uplink(
-                cfg, clock=lambda: sim.daemon.now() / 1000.0, sink=Sink(sim)
-            )
+                cfg, clock=lambda: sim.daemon.now() / 1000.0, mono=lambda: sim.now / 1000.0,
+                sink=Sink(sim),
+            )  # fmt: skip
             self.runner.next_alarm_check = float("inf")  # no disk probes: not simulated
         self.runner.step()
 

@@ -10,33 +10,23 @@ returns the session id.  Every /v1 call needs ``Authorization: Bearer TOKEN``
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import secrets
 from typing import Any
 
 from aiohttp import web
+from haochaping.daemon import cases
+from haochaping.daemon.cases import CASE_FIELDS, REQUIRED
 from haochaping.daemon.clock import now_ms
 from haochaping.daemon.core import ArmError
+from haochaping.daemon.store import StoreError, StoreFull
 
 log = logging.getLogger("hcp.api")
 
 MAX_BODY = 16 * 1024
 REVIEW_MAX = 64  # characters of a review outcome
-CASE_FIELDS = {
-    "case_no": "办件编号 (projectNo)",
-    "item_code": "事项编码 (taskCode)",
-    "item_name": "事项名称 (taskName)",
-    "handle_item": "办理项 (taskHandleItem)",
-    "dept_code": "部门编码",
-    "dept_name": "部门名称 (proDepart)",
-    "area_code": "行政区划编码",
-    "window_no": "窗口编号 (winNo)",
-    "window_name": "窗口名称",
-    "staff_id": "工作人员编号",
-    "staff_name": "工作人员姓名 (proManager)",
-    "service_number": "服务编号",
-}
-REQUIRED = ("case_no", "item_code", "item_name", "window_no", "staff_name")
+ID_MAX = 2**63 - 1  # SQLite's largest integer: a larger id names nothing
 
 
 def openapi() -> dict[str, Any]:
@@ -49,6 +39,7 @@ def openapi() -> dict[str, Any]:
         "description": "applicant contact for the 差评 callback; stored encrypted",
     }
     case_props["timeout_s"] = {"type": "integer", "minimum": 1, "maximum": 65535}
+    case_props["service_ms"]["minimum"] = cases.SERVICE_MIN_MS
     err = {
         "description": "refused",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -73,7 +64,8 @@ def openapi() -> dict[str, Any]:
                     "responses": {
                         "201": {"description": "armed; body: session, case_id, terminal, expires_ms"},
                         "400": err, "401": err, "404": {"description": "the window has no terminal"},
-                        "409": {"description": "the window's terminal is offline"}, "503": err,
+                        "409": {"description": "the window's terminal is offline"},
+                        "413": err, "503": {"description": "the store is full or failing; nothing was taken"},
                     },
                 }
             },
@@ -99,7 +91,9 @@ def openapi() -> dict[str, Any]:
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
                         "type": "object", "properties": {"outcome": {"type": "string", "maxLength": REVIEW_MAX}},
                         "required": ["outcome"]}}}},
-                    "responses": {"201": {"description": "recorded"}, "400": err, "404": err},
+                    "responses": {"201": {"description": "recorded"},
+                                  "200": {"description": "the same outcome was recorded before (idempotent)"},
+                                  "400": err, "404": err, "413": err},
                 }
             },
             "/v1/alerts": {"get": {"summary": "差评 alerts after since_id", "security": bearer,
@@ -108,6 +102,13 @@ def openapi() -> dict[str, Any]:
             "/metrics": {"get": {"summary": "Prometheus text format", "responses": {"200": {"description": "metrics"}}}},
         },
     }  # fmt: skip
+
+
+def _path_int(request: web.Request, name: str) -> int | None:
+    raw = request.match_info[name]
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+        return None
+    return int(raw)
 
 
 def fresh_token() -> int:
@@ -159,57 +160,71 @@ class Api:
         if request.path.startswith("/v1/"):
             h = request.headers.get("Authorization", "")
             tok = h[7:] if h.startswith("Bearer ") else ""
-            ok = any(hmac.compare_digest(tok, t) for t in self.d.cfg.api_tokens) if tok else False
-            if not ok:
+            # compared as bytes: a token with characters beyond ASCII is simply wrong
+            given = tok.encode("utf-8", "surrogateescape")
+            match = None
+            for t, name in self.d.cfg.api_tokens.items():
+                if given and hmac.compare_digest(given, t.encode("utf-8", "surrogateescape")):
+                    match = name
+            if match is None:
                 return _err(401, "a valid bearer token is required")
-            request["client"] = self.d.cfg.api_tokens[tok]
+            request["client"] = match
+            if self.d.core is None:
+                return _err(503, "the store is full: nothing can be taken until there is room"
+                                 " (docs/operations.md)")
         return await handler(request)
 
-    async def post_case(self, request: web.Request) -> web.Response:
+    async def _json(self, request: web.Request) -> Any:
+        """The body as JSON, or an HTTP error naming the problem (413 when too large)."""
         try:
-            body = await request.json()
-        except Exception:  # noqa: BLE001
-            return _err(400, "body must be JSON")
-        if not isinstance(body, dict):
-            return _err(400, "body must be a JSON object")
-        for k in REQUIRED:
-            if not isinstance(body.get(k), str) or not body[k]:
-                return _err(400, f"{k} is required (text)")
-        for k in body:
-            if k not in CASE_FIELDS and k not in ("service_ms", "contact", "timeout_s"):
-                return _err(400, f"unknown field {k}")
-        timeout_s = body.get("timeout_s", self.d.cfg.arm_timeout_s)
-        if not isinstance(timeout_s, int) or not 1 <= timeout_s <= 0xFFFF:
-            return _err(400, "timeout_s must be 1..65535")
-        core, store = self.d.core, self.d.store
-        window = body["window_no"]
+            return await request.json()
+        except web.HTTPRequestEntityTooLarge:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=MAX_BODY, actual_size=request.content_length or 0,
+                text=json.dumps({"error": f"the body is larger than {MAX_BODY} bytes"}),
+                content_type="application/json",
+            ) from None
+        except Exception:  # noqa: BLE001 - any decoding problem is the client's
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "body must be JSON (UTF-8)"}), content_type="application/json"
+            ) from None
+
+    def _unavailable(self, e: Exception) -> web.Response:
+        if isinstance(e, StoreFull):
+            return _err(503, "the store is full: nothing was taken (see docs/operations.md)")
+        log.error("store failed: %s", type(e).__name__)
+        return _err(503, "the store is failing: nothing was taken")
+
+    async def post_case(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
         t = now_ms()
+        try:
+            case = cases.check(body, t, self.d.cfg.arm_timeout_s)
+        except cases.CaseError as e:
+            return _err(400, str(e))
+        if self.d.store_full:
+            return _err(503, "the store is full: nothing was taken (see docs/operations.md)")
+        core, store = self.d.core, self.d.store
+        window = case.fields["window_no"]
+        timeout_s = case.timeout_s
         tid = core.by_window.get(window)
         if tid is None:
             return _err(404, f"window {window} has no terminal")
         if not core.online(tid, t):
             return _err(409, f"the terminal of window {window} is offline")
-        contact = body.get("contact")
-        enc = (
-            self.d.cipher.encrypt(contact, body["case_no"])
-            if isinstance(contact, str) and contact
-            else None
-        )
-        case = {k: body.get(k) for k in CASE_FIELDS}
-        case["service_ms"] = body.get("service_ms", t)
+        enc = self.d.cipher.encrypt(case.contact, case.fields["case_no"]) if case.contact else None
         try:
-            case_id = await self.d._on_store(store.add_case, case, enc, t)
+            case_id = await self.d._on_store(store.add_case, case.fields, enc, t)
             token = fresh_token()
             while token in core.sessions:
                 token = fresh_token()
             await self.d._on_store(
                 store.add_session, token, case_id, window, tid, t, t + timeout_s * 1000
             )
-        except Exception as e:  # noqa: BLE001
-            log.error("case not stored: %s", type(e).__name__)
-            return _err(503, "the store is unavailable")
+        except (StoreError, OSError) as e:
+            return self._unavailable(e)
         try:
-            sess, frames = core.arm(window, case_id, body["case_no"], token, t, timeout_s)
+            sess, frames = core.arm(window, case_id, case.fields["case_no"], token, t, timeout_s)
         except ArmError as e:
             return _err(409, str(e))
         self.d._send(frames)
@@ -224,13 +239,15 @@ class Api:
         )
 
     async def cancel(self, request: web.Request) -> web.Response:
-        try:
-            token = int(request.match_info["session"])
-        except ValueError:
+        token = _path_int(request, "session")
+        if token is None:
             return _err(400, "session is an integer")
         if token not in self.d.core.sessions:
             return _err(404, "no such session")
-        await self.d._on_store(self.d.store.cancel_session, token, now_ms())
+        try:
+            await self.d._on_store(self.d.store.cancel_session, token, now_ms())
+        except StoreError as e:
+            return self._unavailable(e)
         self.d._send(self.d.core.cancel(token))
         return web.json_response({"session": token, "cancelled": True})
 
@@ -243,11 +260,14 @@ class Api:
         return web.json_response({"terminals": rows})
 
     def _int(self, request: web.Request, name: str, default: int, hi: int) -> int:
-        try:
-            v = int(request.query.get(name, default))
-        except ValueError:
-            raise web.HTTPBadRequest(text=f"{name} must be an integer") from None
-        return max(0, min(v, hi))
+        raw = request.query.get(name)
+        if raw is None:
+            return default
+        if not raw.isascii() or not raw.lstrip("-").isdigit() or len(raw) > 20:
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": f"{name} must be an integer"}), content_type="application/json"
+            )
+        return max(0, min(int(raw), hi))
 
     async def ratings(self, request: web.Request) -> web.Response:
         rows = self.d.reader.ratings(
@@ -257,21 +277,29 @@ class Api:
 
     async def review(self, request: web.Request) -> web.Response:
         """A review outcome for a rating (e.g. 不属实): an annotation, the rating stays as it is."""
-        try:
-            rid = int(request.match_info["rating"])
-            body = await request.json()
-        except (ValueError, TypeError):
-            return _err(400, "rating id is an integer and the body JSON")
-        except Exception:  # noqa: BLE001
-            return _err(400, "body must be JSON")
-        outcome = body.get("outcome") if isinstance(body, dict) else None
-        if not isinstance(outcome, str) or not 1 <= len(outcome) <= REVIEW_MAX:
+        rid = _path_int(request, "rating")
+        if rid is None:
+            return _err(400, "the rating id is an integer")
+        body = await self._json(request)
+        if not isinstance(body, dict) or set(body) - {"outcome"}:
+            return _err(400, "the body is {\"outcome\": text}")
+        outcome = body.get("outcome")
+        if not isinstance(outcome, str) or not 1 <= len(outcome) <= REVIEW_MAX or not outcome.strip():
             return _err(400, f"outcome is text of 1..{REVIEW_MAX} characters")
-        if not self.d.reader.conn.execute("SELECT 1 FROM ratings WHERE id = ?", (rid,)).fetchone():
+        if any(ord(c) < 0x20 for c in outcome):
+            return _err(400, "outcome: control characters are not allowed")
+        if not 1 <= rid <= ID_MAX or not self.d.reader.conn.execute(
+            "SELECT 1 FROM ratings WHERE id = ?", (rid,)
+        ).fetchone():
             return _err(404, "no such rating")
-        aid = await self.d._on_store(self.d.store.annotate, rid, "review", outcome, now_ms())
+        try:
+            aid, new = await self.d._on_store(
+                self.d.store.annotate_once, rid, "review", outcome, now_ms()
+            )
+        except StoreError as e:
+            return self._unavailable(e)
         return web.json_response(
-            {"annotation": aid, "rating_id": rid, "outcome": outcome}, status=201
+            {"annotation": aid, "rating_id": rid, "outcome": outcome}, status=201 if new else 200
         )
 
     async def alerts(self, request: web.Request) -> web.Response:

@@ -98,6 +98,14 @@ def _unknown(d: dict[str, Any], allowed: set[str], path: Path, where: str) -> No
 def _secret(base: Path, file: str, path: Path, key: str) -> str:
     p = base / file
     try:
+        mode = p.stat().st_mode & 0o777
+    except OSError as e:
+        raise ConfigError(path, key, f"cannot read {p} ({e.strerror})") from None
+    if mode & 0o007:
+        raise ConfigError(
+            path, key, f"{p} is readable by others (mode {mode:o}): chmod 600 (or 640 to the service's group)"
+        )
+    try:
         text = p.read_text("utf-8").strip()
     except OSError as e:
         raise ConfigError(path, key, f"cannot read {p} ({e.strerror})") from None

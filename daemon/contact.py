@@ -32,6 +32,7 @@ class ContactCipher:
         if not p.exists():
             fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
+                os.fchmod(fd, 0o600)  # whatever the umask
                 os.write(fd, os.urandom(CONTACT_KEY_LEN))
                 os.fsync(fd)
             finally:

@@ -182,6 +182,9 @@ class Core:
         self.counters: dict[str, int] = {}
         self.step_total = 0  # sum of the daemon clock steps seen in this run (ms)
         self.steps: list[tuple[int, int]] = list(clock_steps)[-CLOCK_STEPS_KEPT:]  # (at, delta)
+        for tid, r in terminals.items():
+            if not r.epoch_saved:  # a full disk at start: make the new epoch durable
+                self._upd(tid)["down_epoch"] = r.down_epoch
         self.source_of: dict[str, int] = {}  # serial source -> terminal id it carries
 
     def update_terminals(self, terminals: dict[int, TerminalRecord]) -> int:

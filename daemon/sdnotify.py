@@ -25,6 +25,9 @@ class Notifier:
         self.sock: socket.socket | None = None
         if self.addr is not None:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # never block the caller's loop: a manager that stopped reading
+            # costs a lost notification, not a stalled daemon
+            self.sock.setblocking(False)
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         self.watchdog_s: float | None = None

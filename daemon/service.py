@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
+import sqlite3
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,9 +35,9 @@ from urllib.parse import urlsplit
 from haochaping.daemon import config as config_mod
 from haochaping.daemon.alerts import AlertHub
 from haochaping.daemon.api import Api
-from haochaping.daemon.clock import now_ms
+from haochaping.daemon.clock import StepWatch, now_ms
 from haochaping.daemon.contact import ContactCipher
-from haochaping.daemon.core import SESSION_KEEP_MS, Core, Session
+from haochaping.daemon.core import EVENT_KINDS, SESSION_KEEP_MS, Core, Session
 from haochaping.daemon.sdnotify import Notifier
 from haochaping.daemon.store import Store, StoreError, StoreFull
 from haochaping.daemon.transport import Bad, Gone, Inbox, Received, Transport, redact
@@ -50,6 +52,7 @@ STATUS_EVERY_S = 10
 REFUSAL_LOG_EVERY_MS = 60_000  # one refusals row per (source, reason) per minute
 REFUSAL_KEYS_MAX = 10_000  # (source, reason) pairs remembered for that limit
 SWITCH_INTERVAL_S = 0.001
+DISK_FULL_BYTES = 1024 * 1024  # less free than this beside the store: an open failure is a full disk
 
 
 class _JournalFormatter(logging.Formatter):
@@ -91,7 +94,9 @@ class Daemon:
             "store_full_events": 0,
             "send_failures": 0,
             "reloads": 0,
+            "frames_waiting_for_store": 0,
         }
+        self.store_down: str | None = None  # why the store could not be opened (a full disk)
         self.routes: dict[str, Transport] = {}
         self.transports: dict[str, Transport] = {}
         self._refusal_seen: dict[tuple[str, str], int] = {}
@@ -106,6 +111,7 @@ class Daemon:
         self.inbox: Inbox | None = None
         self.alerts: AlertHub | None = None
         self.api: Api | None = None
+        self.watch = StepWatch()  # steps of the wall clock against the monotonic one
 
     # ------------------------------------------------------------ setup
 
@@ -136,13 +142,17 @@ class Daemon:
                 t - SESSION_KEEP_MS
             )
         ]
-        self.core = Core(terms, sessions, cfg.terminal_settings)
+        self.core = Core(terms, sessions, cfg.terminal_settings, self.store.clock_steps())
         log.info(
             "store %s open: %d terminals, %d ratings",
             cfg.db_path,
             len(terms),
             self.store.count("ratings"),
         )
+        if self.store.start_full:
+            # Start anyway: refuse to acknowledge, say why, resume by itself.
+            self.store_full = True
+            log.error("STORE FULL at start: not acknowledging until there is room (docs/operations.md)")
 
     def _start_transports(self) -> None:
         assert self.inbox is not None
@@ -163,7 +173,7 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.inbox = Inbox(loop)
-        await self._on_store(self._open)
+        await self._open_or_wait()
         self.alerts = AlertHub(self)
         self.api = Api(self)
         await self.api.start()
@@ -184,6 +194,35 @@ class Daemon:
         finally:
             await self._shutdown()
         return 0
+
+    async def _open_or_wait(self) -> bool:
+        """Open the store; on a full disk (even too full to open SQLite's WAL)
+        start anyway without it: READY, nothing acknowledged, the reason in
+        /metrics and the API, and ``_ingest`` tries again every TICK_S.
+        Anything else wrong with the store stops the start, named."""
+        try:
+            await self._on_store(self._open)
+            self.store_down = None
+            return True
+        except (StoreError, sqlite3.Error, OSError) as e:
+            if not isinstance(e, StoreFull) and not _disk_full(self.cfg.db_path, e):
+                raise StoreError(f"{self.cfg.db_path}: {e}") from e
+            self._close_partial()
+            if self.store_down is None:
+                log.error("STORE FULL at start (%s): running without it, not acknowledging;"
+                          " trying again every %.1f s (docs/operations.md)", e, TICK_S)  # fmt: skip
+            self.store_down = str(e)
+            self.store_full = True
+            return False
+
+    def _close_partial(self) -> None:
+        for s in (self.store, self.reader):
+            if s is not None:
+                try:
+                    s.close()
+                except sqlite3.Error:
+                    pass
+        self.store = self.reader = self.core = None
 
     def request_stop(self) -> None:
         self.stopping = True
@@ -211,15 +250,29 @@ class Daemon:
         log.info("stopped")
 
     async def _ingest(self) -> None:
-        assert self.inbox is not None and self.core is not None
+        assert self.inbox is not None
         last_tick = 0.0
         last_status = time.monotonic()
         while not self.stopping:
             events = await self.inbox.get(TICK_S, self.cfg.commit_max)
+            if self.core is None:
+                # no store yet (a full disk at start): frames wait in the
+                # terminals' journals; try to open it again
+                self.metrics["frames_waiting_for_store"] += len(events)
+                if await self._open_or_wait():
+                    log.warning("store open after a full start; acknowledging")
+                    self.store_full = self.store.start_full if self.store is not None else False
+                    self.notifier.status(self._status())
+                continue
+            self._watch_clock()
             await self._process(events)
             mono = time.monotonic()
             if mono - last_tick >= TICK_S:
                 last_tick = mono
+                if self.store_full and self.store is not None:
+                    # Give the WAL back what a checkpoint can: its space is
+                    # reused, so little freed room is enough to go on.
+                    await self._on_store(self.store.checkpoint, "PASSIVE")
                 for tr in list(self.transports.values()):
                     tr.supervise()
                 if self.notifier.watchdog_s is not None:
@@ -230,6 +283,16 @@ class Daemon:
             if self.reload_requested:
                 self.reload_requested = False
                 await self._reload()
+
+    def _watch_clock(self) -> None:
+        """A step of the wall clock (NTP, an operator) goes to the core, which
+        moves what it remembers in wall time by it (SPEC.md section 5)."""
+        assert self.core is not None
+        wall = now_ms()
+        step = self.watch.observe(wall, time.monotonic_ns() // 1_000_000)
+        if step:
+            log.warning("the wall clock stepped by %+d ms; terminals get TIME again", step)
+            self.core.clock_stepped(step, wall)
 
     async def _process(self, events: list[Any]) -> None:
         core = self.core
@@ -294,8 +357,7 @@ class Daemon:
             log.error("commit failed, not acknowledging: %s", e)
             self._send(core.failed(rows))
             return
-        if self.store_full and rows:
-            # only a group with ratings proves there is room again
+        if self.store_full:
             log.warning("store writable again; acknowledging")
             self.store_full = False
         self.metrics["commits"] += 1
@@ -337,7 +399,9 @@ class Daemon:
             self.notifier.ready(self._status())
             return
         self.cfg = cfg
-        assert self.store is not None and self.core is not None
+        if self.store is None or self.core is None:
+            self.notifier.ready(self._status())
+            return  # the store is not open yet: it reads the terminals when it opens
         terms = await self._on_store(self.store.start_terminals)
         added = self.core.update_terminals(terms)
         self.core.config = list(cfg.terminal_settings)
@@ -357,7 +421,6 @@ class Daemon:
     def metrics_text(self) -> str:
         """Prometheus text exposition format 0.0.4."""
         core = self.core
-        assert core is not None
         lines = []
 
         def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
@@ -366,7 +429,10 @@ class Daemon:
             for labels, v in samples:
                 lines.append(f"{name}{labels} {repr(float(v)) if isinstance(v, float) else int(v)}")
 
-        c = core.counters
+        c = core.counters if core is not None else {}
+        metric("hcp_store_open", "gauge",
+               "1 while the store is open (0: the daemon started on a full disk and waits for room).",
+               [("", 0 if core is None else 1)])  # fmt: skip
         metric(
             "hcp_frames_received_total",
             "counter",
@@ -391,6 +457,18 @@ class Daemon:
         )
         metric("hcp_time_drift_total", "counter", "TIME sent because a terminal clock drifted.",
                [("", c.get("time_drift", 0))])  # fmt: skip
+        metric("hcp_terminal_events_total", "counter",
+               "Terminal events: a new journal (wiped or replaced board), a switch back to a known one, "
+               "an older journal image (journal_behind).",
+               [(f'{{kind="{k}"}}', c.get("event_" + k, 0)) for k in EVENT_KINDS])  # fmt: skip
+        metric("hcp_ratings_forked_total", "counter",
+               "Ratings stored as forks: other content under a held (terminal, journal, seq).",
+               [("", c.get("ratings_forked", 0))])  # fmt: skip
+        metric("hcp_replay_hints_total", "counter",
+               "ERROR REPLAY answers to authentic frames below the replay guard (epoch catch-up).",
+               [("", c.get("replay_hints", 0))])  # fmt: skip
+        metric("hcp_clock_steps_total", "counter", "Steps of the daemon's wall clock seen.",
+               [("", c.get("daemon_clock_steps", 0))])  # fmt: skip
         metric("hcp_commits_total", "counter", "Group commits.", [("", self.metrics["commits"])])
         metric("hcp_commit_seconds_total", "counter", "Time spent in group commits.",
                [("", float(self.metrics["commit_seconds"]))])  # fmt: skip
@@ -401,9 +479,10 @@ class Daemon:
         metric("hcp_send_failures_total", "counter", "Down frames that could not be handed to a transport.",
                [("", self.metrics["send_failures"])])  # fmt: skip
         t = now_ms()
-        metric("hcp_terminals", "gauge", "Provisioned terminals.", [("", len(core.peers))])
+        peers = core.peers if core is not None else {}
+        metric("hcp_terminals", "gauge", "Provisioned terminals.", [("", len(peers))])
         metric("hcp_terminals_online", "gauge", "Terminals heard from recently.",
-               [("", sum(1 for tid in core.peers if core.online(tid, t)))])  # fmt: skip
+               [("", sum(1 for tid in peers if core is not None and core.online(tid, t)))])  # fmt: skip
         metric(
             "hcp_inbox_depth",
             "gauge",
@@ -443,6 +522,12 @@ class Daemon:
             ],
         )
         metric(
+            "hcp_send_dropped_total",
+            "counter",
+            "Down frames dropped because a serial port stopped draining (its queue was full).",
+            [(f'{{transport="{u}"}}', h["out_dropped"]) for u, h in health if "out_dropped" in h],
+        )
+        metric(
             "hcp_serial_bytes_received_total",
             "counter",
             "Bytes read from serial ports.",
@@ -455,6 +540,18 @@ class Daemon:
             [("", self.metrics["reloads"])],
         )
         return "\n".join(lines) + "\n"
+
+
+def _disk_full(path: Any, e: BaseException) -> bool:
+    """Is ``e`` (opening the store) the disk being full?  SQLite says 'disk I/O
+    error' when it cannot even create its WAL and SHM files."""
+    text = str(e).lower()
+    if "full" in text or "no space" in text:
+        return True
+    try:
+        return shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or ".").free < DISK_FULL_BYTES
+    except OSError:
+        return False
 
 
 def main(config_path: str) -> int:

@@ -34,6 +34,8 @@ from haochaping.daemon import chain, schema
 
 SQLITE_FULL = 13
 BUSY_TIMEOUT_MS = 5000
+WAL_LIMIT_BYTES = 4 * 1024 * 1024  # the WAL is truncated to this after a checkpoint
+FILE_MODE = 0o600  # the store holds every terminal's key: private, whatever the umask
 
 
 class StoreError(Exception):
@@ -183,6 +185,7 @@ class TerminalRecord:
     journal_id: int | None = None  # the journal of the last HELLO
     journals: dict[int, int] = field(default_factory=dict)  # journal id -> highest seq stored
     distrust: dict[int, tuple[int, int]] = field(default_factory=dict)  # journal -> (boot below, seq from)
+    epoch_saved: bool = True  # False: down_epoch is new but not yet durable (a full disk at start)
 
 
 def _is_full(e: sqlite3.Error) -> bool:
@@ -218,6 +221,8 @@ class Store:
         self, path: str | os.PathLike[str], *, max_pages: int | None = None, readonly: bool = False
     ) -> None:
         self.path = Path(path)
+        if not readonly:
+            _create_private(self.path)
         target = f"file:{self.path}?mode=ro" if readonly else str(self.path)
         self.conn = sqlite3.connect(
             target, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000,
@@ -226,10 +231,14 @@ class Store:
         self.db = sqlite_utils.Database(self.conn)
         self._last_id: int = 0
         self._last_chain: bytes = chain.GENESIS
+        self.start_full = False  # the disk was full when this store started
         if readonly:
             return
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
+        # After a checkpoint the WAL is cut back to this size, so the space a
+        # burst of writes took returns to the file system (docs/operations.md).
+        self.conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         self.conn.execute("PRAGMA foreign_keys=ON")
         if max_pages is not None:
             # The stand-in for a small disk in tests and a hard size cap in
@@ -281,9 +290,19 @@ class Store:
 
     def start_terminals(self) -> dict[int, TerminalRecord]:
         """Load every enabled terminal and start a new down epoch for each
-        (durably, before any frame of the new epoch is sent)."""
-        with self._tx():
-            self.conn.execute("UPDATE terminals SET down_epoch = down_epoch + 1 WHERE enabled = 1")
+        (durably, before any frame of the new epoch is sent).  On a full disk
+        the new epoch is kept in memory (``epoch_saved`` False) and the core
+        writes it with the first commit that succeeds: a daemon must start,
+        refuse to acknowledge and say why, rather than not start at all."""
+        saved = True
+        try:
+            with self._tx():
+                self.conn.execute(
+                    "UPDATE terminals SET down_epoch = down_epoch + 1 WHERE enabled = 1"
+                )
+        except StoreFull:
+            saved = False
+            self.start_full = True
         boots: dict[int, dict[tuple[int, int], int]] = {}
         for tid, jid, boot, start in self.conn.execute(
             "SELECT terminal_id, journal_id, boot, start_ms FROM boots"
@@ -303,9 +322,22 @@ class Store:
             "SELECT id, key, window_no, rx_counter, down_epoch, journal_id FROM terminals"
             " WHERE enabled = 1"
         ):
-            out[tid] = TerminalRecord(tid, bytes(key), window, rx, epoch, boots.get(tid, {}), jid,
-                                      journals.get(tid, {}), distrust.get(tid, {}))  # fmt: skip
+            out[tid] = TerminalRecord(tid, bytes(key), window, rx, epoch if saved else epoch + 1,
+                                      boots.get(tid, {}), jid, journals.get(tid, {}),
+                                      distrust.get(tid, {}), saved)  # fmt: skip
         return out
+
+    def checkpoint(self, mode: str = "TRUNCATE") -> bool:
+        """Move the WAL into the database (TRUNCATE: and give its space back
+        to the file system; PASSIVE: never wait); False if not all of it could
+        be moved (a reader, no room)."""
+        if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
+            raise StoreError("checkpoint mode is PASSIVE, FULL, RESTART or TRUNCATE")
+        try:
+            row = self.conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error:
+            return False
+        return bool(row is not None and row[0] == 0)
 
     def terminals(self) -> list[dict[str, Any]]:
         """Terminal health rows, without keys."""
@@ -575,6 +607,25 @@ class Store:
             )
             return int(cur.lastrowid or 0)
 
+    def annotate_once(self, rating_id: int, kind: str, value: str, now_ms: int) -> tuple[int, bool]:
+        """``annotate``, idempotent: the same (rating, kind, value) again is the
+        row recorded before.  Returns (annotation id, whether it is new)."""
+        if kind not in ("review", "flag"):
+            raise StoreError("annotation kind is 'review' or 'flag'")
+        with self._tx():
+            row = self.conn.execute(
+                "SELECT id FROM annotations WHERE rating_id = ? AND kind = ? AND value = ?"
+                " ORDER BY id LIMIT 1",
+                (rating_id, kind, value),
+            ).fetchone()
+            if row is not None:
+                return int(row[0]), False
+            cur = self.conn.execute(
+                "INSERT INTO annotations (rating_id, kind, value, created_ms) VALUES (?, ?, ?, ?)",
+                (rating_id, kind, value, now_ms),
+            )
+            return int(cur.lastrowid or 0), True
+
     def verify_chain(self) -> int | None:
         """The id of the first rating whose chain value is wrong, or None."""
         prev = chain.GENESIS
@@ -641,7 +692,10 @@ class _Tx:
         self.conn = conn
 
     def __enter__(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise _store_error(e, "cannot begin a transaction") from e
 
     def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
         if et is None:
@@ -649,7 +703,9 @@ class _Tx:
                 self.conn.execute("COMMIT")
                 return
             except sqlite3.Error as e:
-                self.conn.execute("ROLLBACK")
+                # SQLite may have rolled back already (a full disk during COMMIT)
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 if _is_full(e):
                     raise StoreFull("the database is full (disk or size limit)") from e
                 raise
@@ -657,6 +713,22 @@ class _Tx:
             self.conn.execute("ROLLBACK")
         if isinstance(ev, sqlite3.Error) and _is_full(ev):
             raise StoreFull("the database is full (disk or size limit)") from ev
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (SQLite gives its WAL
+    and SHM files the database file's mode).  An existing file keeps the mode
+    its operator gave it (0640 to the service's group, say)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # SQLite will say what is wrong with the path
+    try:
+        os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask took away
+    finally:
+        os.close(fd)
 
 
 def _ident(name: str) -> str:

@@ -6,7 +6,9 @@ that vanished and reopens a port whose reading failed, with a backoff from
 BACKOFF_MIN_S doubling to BACKOFF_MAX_S while it keeps failing.
 
 Each open port is read on the daemon's asyncio loop (``add_reader`` on its
-file descriptor, non-blocking reads): no thread per port, so the ports and
+file descriptor, non-blocking reads) and written without blocking (a
+bounded queue per port, ``add_writer`` while it drains, OUT_MAX): no thread
+per port, and a port that stopped draining cannot stall the others; the ports and
 the ingest loop never hand the GIL back and forth (the MQTT transport does
 the same; docs/benchmarks.md).  The COBS stream goes through
 protocol.serial.Decoder; whole frames go into the inbox, damaged chunks
@@ -31,8 +33,8 @@ from haochaping.protocol import serial as wire
 
 log = logging.getLogger("hcp.serial")
 
-WRITE_TIMEOUT_S = 1.0
 READ_MAX = 4096
+OUT_MAX = 64 * 1024  # bytes waiting for one port; past it new frames are dropped and counted
 
 
 class _Port:
@@ -43,6 +45,8 @@ class _Port:
         self.dec = wire.Decoder()
         self.failures = 0
         self.next_try = 0.0
+        self.out = bytearray()  # encoded frames the port has not taken yet
+        self.writing = False  # a writer callback is registered for the fd
 
 
 class SerialTransport:
@@ -56,6 +60,7 @@ class SerialTransport:
         self.ports: dict[str, _Port] = {}
         self.restarts = 0
         self.bytes_in = 0
+        self.out_dropped = 0  # down frames dropped: a port that stopped draining
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -86,8 +91,12 @@ class SerialTransport:
     def _open(self, p: _Port) -> None:
         assert self._loop is not None
         try:
-            p.ser = pyserial.Serial(p.path, self.baud, timeout=0, write_timeout=WRITE_TIMEOUT_S)
+            p.ser = pyserial.Serial(p.path, self.baud, timeout=0, write_timeout=0)
             p.fd = p.ser.fileno()
+            # Writes never block the loop: a hung board, held flow control or a
+            # USB-CDC device that stopped reading only fills this port's queue.
+            os.set_blocking(p.fd, False)
+            p.out = bytearray()
             p.dec = wire.Decoder()
             self._loop.add_reader(p.fd, self._readable, p)
             log.info("port %s open", p.path)
@@ -109,6 +118,10 @@ class SerialTransport:
             return
         if self._loop is not None and p.fd >= 0:
             self._loop.remove_reader(p.fd)
+            if p.writing:
+                self._loop.remove_writer(p.fd)
+        p.writing = False
+        p.out = bytearray()
         if p.dec.buffered:
             self.inbox.put(Bad(p.path, "partial_frame"))
         try:
@@ -143,14 +156,36 @@ class SerialTransport:
             inbox.put(Received(p.path, fr, True, self))
 
     def send(self, source: str, terminal_id: int, frame: bytes) -> bool:
+        """Queue a frame for the port and write what it takes now; never block.
+        False (and counted) when the port is gone or its queue is full."""
         p = self.ports.get(source)
         if p is None or p.ser is None:
             return False
-        try:
-            p.ser.write(wire.encode(frame))
-            return True
-        except Exception:  # noqa: BLE001 - the next read notices and the port is reopened
+        data = wire.encode(frame)
+        if len(p.out) + len(data) > OUT_MAX:
+            self.out_dropped += 1
             return False
+        p.out += data
+        self._flush(p)
+        return True
+
+    def _flush(self, p: _Port) -> None:
+        while p.out and p.fd >= 0:
+            try:
+                n = os.write(p.fd, p.out)
+            except BlockingIOError:
+                break
+            except OSError:  # the device went away: the next read notices and reopens
+                p.out = bytearray()
+                break
+            del p.out[:n]
+        want = bool(p.out) and p.fd >= 0
+        if want != p.writing and self._loop is not None:
+            if want:
+                self._loop.add_writer(p.fd, self._flush, p)
+            else:
+                self._loop.remove_writer(p.fd)
+            p.writing = want
 
     def health(self) -> dict[str, Any]:
         return {
@@ -158,4 +193,6 @@ class SerialTransport:
             "ports": sorted(path for path, p in self.ports.items() if p.ser is not None),
             "restarts": self.restarts,
             "bytes_in": self.bytes_in,
+            "out_dropped": self.out_dropped,
+            "out_queued": sum(len(p.out) for p in self.ports.values()),
         }

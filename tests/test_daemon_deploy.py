@@ -73,6 +73,8 @@ def test_example_config_loads(tmp_path):
         shutil.copy(DEPLOY / name, tmp_path / name)
     (tmp_path / "api-tokens").write_text("window-sys 0123456789abcdef0123\n")
     (tmp_path / "mqtt-password").write_text("secret\n")
+    for f in ("api-tokens", "mqtt-password"):
+        (tmp_path / f).chmod(0o600)
     cfg = config_mod.load(tmp_path / "haochaping.toml")
     assert [t.url.split(":")[0] for t in cfg.transports] == ["mqtt", "serial"]
     assert cfg.transports[0].options["password"] == "secret"
@@ -85,71 +87,109 @@ def test_example_config_loads(tmp_path):
         config_mod.load(tmp_path / "haochaping.toml")
 
 
-@pytest.mark.slow
-def test_mosquitto_template_with_acl_and_password(tmp_path, mosquitto_bin):
-    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    if not Path(passwd).exists():
-        missing("mosquitto_passwd", "apt-get install mosquitto")
-    port = free_port()
-    conf = (DEPLOY / "mosquitto.conf").read_text()
-    conf = conf.replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
-    conf = conf.replace("/etc/mosquitto/haochaping.passwd", str(tmp_path / "passwd"))
-    conf = conf.replace("/etc/mosquitto/haochaping.acl", str(tmp_path / "acl"))
-    conf = conf.replace("/var/lib/mosquitto/", str(tmp_path) + "/")
-    import pwd
+class TemplateBroker:
+    """deploy/mosquitto.conf and deploy/mosquitto.acl as shipped, with their
+    paths moved into a test directory and mosquitto_passwd users."""
 
-    # as root, mosquitto would switch to its own user and not read these files
-    conf += f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n"
-    (tmp_path / "mosquitto.conf").write_text(conf)
-    t = FakeTerminal(0x6001, make_key(1, 6))
-    tname = f"{t.id:08x}"
-    shutil.copy(DEPLOY / "mosquitto.acl", tmp_path / "acl")
-    (tmp_path / "acl").chmod(0o600)
-    subprocess.run(
-        [passwd, "-c", "-b", str(tmp_path / "passwd"), "hcp-daemon", "daemon-pw"], check=True
-    )
-    subprocess.run([passwd, "-b", str(tmp_path / "passwd"), tname, "terminal-pw"], check=True)
-    (tmp_path / "passwd").chmod(0o600)
-    broker = subprocess.Popen([mosquitto_bin, "-c", str(tmp_path / "mosquitto.conf")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    import socket
-    import time
+    def __init__(self, tmp_path: Path, mosquitto_bin: str, users: dict[str, str],
+                 without: str | None = None) -> None:  # fmt: skip
+        passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        if not Path(passwd).exists():
+            missing("mosquitto_passwd", "apt-get install mosquitto")
+        self.port = free_port()
+        conf = (DEPLOY / "mosquitto.conf").read_text()
+        conf = conf.replace("listener 1883 127.0.0.1", f"listener {self.port} 127.0.0.1")
+        conf = conf.replace("/etc/mosquitto/haochaping.passwd", str(tmp_path / "passwd"))
+        conf = conf.replace("/etc/mosquitto/haochaping.acl", str(tmp_path / "acl"))
+        conf = conf.replace("/var/lib/mosquitto/", str(tmp_path) + "/")
+        if without is not None:  # the config as it was before a fix, to show the defect
+            assert without in conf
+            conf = conf.replace(without, "")
+        import pwd
 
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline and broker.poll() is None, "broker did not start"
-            time.sleep(0.05)
+        # as root, mosquitto would switch to its own user and not read these files
+        conf += f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\nlog_dest file {tmp_path}/broker.log\n"
+        conf += "log_type all\n"
+        (tmp_path / "mosquitto.conf").write_text(conf)
+        shutil.copy(DEPLOY / "mosquitto.acl", tmp_path / "acl")
+        (tmp_path / "acl").chmod(0o600)
+        first = True
+        for user, pw in users.items():
+            subprocess.run([passwd, *(["-c"] if first else []), "-b", str(tmp_path / "passwd"), user, pw],
+                           check=True)  # fmt: skip
+            first = False
+        (tmp_path / "passwd").chmod(0o600)
+        self.log = tmp_path / "broker.log"
+        self.proc = subprocess.Popen([mosquitto_bin, "-c", str(tmp_path / "mosquitto.conf")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        import socket
+        import time
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and self.proc.poll() is None, "broker did not start"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def _daemon_on(tmp_path: Path, broker: TemplateBroker, terms: list[FakeTerminal]) -> tuple[DaemonProcess, int]:
     db = tmp_path / "hall.db"
     (tmp_path / "mqtt-password").write_text("daemon-pw\n")
+    (tmp_path / "mqtt-password").chmod(0o600)
+    api = free_port()
     cfgp = tmp_path / "hcp.toml"
     cfgp.write_text(
-        f'[store]\npath = "hall.db"\n[api]\nlisten = "127.0.0.1:{free_port()}"\n[[transports]]\nurl = "mqtt://127.0.0.1:{port}"\nusername = "hcp-daemon"\npassword_file = "mqtt-password"\n'
+        f'[store]\npath = "hall.db"\n[api]\nlisten = "127.0.0.1:{api}"\n[[transports]]\n'
+        f'url = "mqtt://127.0.0.1:{broker.port}"\nusername = "hcp-daemon"\nclient_id = "hcp-daemon"\n'
+        'password_file = "mqtt-password"\n'
     )
-    provision(db, [t])
-    d = DaemonProcess(cfgp, tmp_path).start()
+    provision(db, terms)
+    return DaemonProcess(cfgp, tmp_path).start(), api
+
+
+def _terminal_client(broker: TemplateBroker, login: str, pw: str, client_id: str, sub: str | None):
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    hub = MqttHub.__new__(MqttHub)
+    hub.prefix = "hcp"
+    hub.peers = {}
+    hub.subscribed = threading.Event()
+    hub.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    hub.c.username_pw_set(login, pw)
+    hub.granted: list[int] = []
+
+    def on_subscribe(c, u, mid, codes, props):  # type: ignore[no-untyped-def]
+        hub.granted = [int(getattr(x, "value", x)) for x in codes]
+        hub.subscribed.set()
+
+    hub.c.on_connect = lambda c, u, f, rc, p: c.subscribe(sub, qos=1) if sub else hub.subscribed.set()
+    hub.c.on_subscribe = on_subscribe
+    hub.c.on_message = hub._on_message
+    hub.c.connect("127.0.0.1", broker.port, 30)
+    hub.c.loop_start()
+    assert hub.subscribed.wait(10)
+    return hub
+
+
+@pytest.mark.slow
+def test_mosquitto_template_with_acl_and_password(tmp_path, mosquitto_bin):
+    t = FakeTerminal(0x6001, make_key(1, 6))
+    tname = f"{t.id:08x}"
+    broker = TemplateBroker(tmp_path, mosquitto_bin, {"hcp-daemon": "daemon-pw", tname: "terminal-pw"})
+    d, _api = _daemon_on(tmp_path, broker, [t])
     hub = None
     try:
-        import paho.mqtt.client as mqtt
-
-        hub = MqttHub.__new__(MqttHub)
         # a terminal that logs in as itself may use only its own topics
-        hub.prefix = "hcp"
-        hub.peers = {}
-        import threading
-
-        hub.subscribed = threading.Event()
-        hub.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=tname, protocol=mqtt.MQTTv5)
-        hub.c.username_pw_set(tname, "terminal-pw")
-        hub.c.on_connect = lambda c, u, f, rc, p: c.subscribe(f"hcp/t/{tname}/down", qos=1)
-        hub.c.on_subscribe = lambda *a: hub.subscribed.set()
-        hub.c.on_message = hub._on_message
-        hub.c.connect("127.0.0.1", port, 30)
-        hub.c.loop_start()
-        assert hub.subscribed.wait(10)
+        hub = _terminal_client(broker, tname, "terminal-pw", tname, f"hcp/t/{tname}/down")
         p = hub.add(t)
         p.hello()
         t.press(5)
@@ -161,8 +201,66 @@ def test_mosquitto_template_with_acl_and_password(tmp_path, mosquitto_bin):
             hub.close()
         if d.alive():
             d.kill9()
-        broker.terminate()
-        broker.wait(10)
+        broker.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shipped", [True, False], ids=["shipped", "before-the-fix"])
+def test_a_terminal_login_cannot_take_over_the_daemons_client_id(tmp_path, mosquitto_bin, shipped):
+    """With the shipped config (use_username_as_clientid), a terminal's login
+    connecting under the daemon's client id, or another terminal's, gets its
+    own id from the broker: the daemon and the other terminal stay connected.
+    Without that line (the config before issue #11) the same logins knock the
+    daemon and terminal b off the broker: the test sees the defect."""
+    a, b = FakeTerminal(0x6002, make_key(2, 6)), FakeTerminal(0x6003, make_key(3, 6))
+    an, bn = f"{a.id:08x}", f"{b.id:08x}"
+    broker = TemplateBroker(tmp_path, mosquitto_bin, {"hcp-daemon": "daemon-pw", an: "a-pw", bn: "b-pw"},
+                            without=None if shipped else "use_username_as_clientid true\n")  # fmt: skip
+    d, api = _daemon_on(tmp_path, broker, [a, b])
+    hubs = []
+    try:
+        hb = _terminal_client(broker, bn, "b-pw", bn, f"hcp/t/{bn}/down")
+        hubs.append(hb)
+        pb = hb.add(b)
+        pb.hello()
+        assert drive([pb], 20)
+        before = _metrics(api)
+        # terminal a's login, under the daemon's client id and then under b's
+        for cid in ("hcp-daemon", bn):
+            hubs.append(_terminal_client(broker, an, "a-pw", cid, None))
+        log = broker.log.read_text()
+        kicked = "Client hcp-daemon already connected" in log or f"Client {bn} already connected" in log
+        if not shipped:
+            assert kicked, "the old config should let a terminal's login take the daemon's id"
+            return
+        assert not kicked, log[-2000:]
+        assert log.count(f"as {an} ") == 2  # the broker gave both connections a's own id
+        b.press(5)
+        pb.send_new()
+        assert drive([pb], 20), "terminal b lost its link to the daemon"
+        after = _metrics(api)
+        assert after["hcp_transport_up"] == 1
+        assert after["hcp_transport_restarts"] == before["hcp_transport_restarts"]
+        assert d.stop() == 0
+    finally:
+        for h in hubs:
+            h.close()
+        if d.alive():
+            d.kill9()
+        broker.stop()
+
+
+def _metrics(api: int) -> dict[str, float]:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{api}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("hcp_transport_up{") or line.startswith("hcp_transport_restarts_total{"):
+            k, v = line.rsplit(" ", 1)
+            name = "hcp_transport_up" if k.startswith("hcp_transport_up") else "hcp_transport_restarts"
+            out[name] = out.get(name, 0) + float(v)
+    return out
 
 
 def test_cli_add_terminal(tmp_path):

@@ -173,6 +173,7 @@ def write_config(path: Path, db: Path, transports: list[dict[str, Any]], api_por
     if tokens:
         tf = path.parent / "api-tokens"
         tf.write_text("".join(f"{n} {t}\n" for n, t in tokens.items()))
+        tf.chmod(0o600)
         lines.append(f'tokens_file = "{tf}"')
     lines.append("")
     for t in transports:

@@ -396,6 +396,18 @@ def validate_record(rec: Any) -> None:
     _VALIDATE_RECORD(rec)
 
 
+_FIELD_CHECKS: dict[str, Check] = {k: _compile(v) for k, v in RECORD["properties"].items()}
+
+
+def check_field(name: str, value: Any) -> None:
+    """Raise SchemaError unless ``value`` is valid for record member ``name``
+    (the API checks a case's values with this before it takes them)."""
+    try:
+        _FIELD_CHECKS[name](value)
+    except SchemaError as e:
+        raise e.under("." + name) from None
+
+
 def schema_json() -> str:
     """The text of docs/uplink.schema.json."""
     return json.dumps(SCHEMA, ensure_ascii=False, indent=2) + "\n"

@@ -7,7 +7,8 @@ Two independent witnesses are checked against the ``ratings`` table:
 2. the signed batches in the uplink's outbox: each batch's signature (against
    a keyring the caller trusts, not one read from the database), its chain
    to the previous batch, and then every signed record against the row with
-   the same (terminal_id, seq), field by field.
+   the same rating id, field by field (a withheld entry -- a rating the
+   province refused, docs/uplink.md -- by its chain value).
 
 The signed batches make the verdict precise where the chain alone cannot be:
 a row present in a batch but not in the table is *missing*; a row in the
@@ -198,18 +199,40 @@ def _signed_records(
         prev_hash, prev_chain = v.hash, v.chain_end
         if annotations is not None:
             annotations.extend(dict(a, _batch=seq) for a in v.annotations)
-        for r in v.records:
+        for r in [*v.records, *v.late]:
             o = dict(r["origin"])
             o["chain"] = bytes.fromhex(r["chain"])
             o["_batch"] = seq
             out.append(o)
+        for w in v.withheld:
+            # a withheld rating: the batch signs its place in the chain only
+            out.append({"id": w["ratingId"], "terminal_id": int(w["terminalId"], 16),
+                        "journal_id": int(w["journalId"], 16), "seq": w["seq"], "fork": w["fork"],
+                        "chain": bytes.fromhex(w["chain"]), "_batch": seq, "_withheld": True})  # fmt: skip
+    out.sort(key=lambda o: (o["id"], not o.get("_withheld")))
     return out
 
 
+def _identity(r: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    return (r["terminal_id"], chain.field(r, "journal_id"), r["seq"], chain.field(r, "fork"))
+
+
 def _compare(signed: list[dict[str, Any]], rows: list[dict[str, Any]], report: Report) -> None:
-    key = lambda r: (r["terminal_id"], r["seq"])  # noqa: E731
-    signed_keys = {key(s) for s in signed}
-    row_keys = {key(r) for r in rows}
+    """Walk the signed ratings and the log together, in order, matching each
+    rating's identity (terminal, journal, seq, fork): a signed one absent is
+    missing, a row no batch holds is inserted, a differing one altered.  A
+    withheld entry (docs/uplink.md) is matched by its chain value; a late
+    record replaces its withheld entry."""
+    merged: dict[int, dict[str, Any]] = {}
+    for s in signed:  # id order, the withheld entry of an id before its late record
+        if s["id"] in merged and not merged[s["id"]].get("_withheld"):
+            report.findings.append(_find("batch", s, f"rating signed twice (batches"
+                                     f" {merged[s['id']]['_batch']} and {s['_batch']})", s["id"]))  # fmt: skip
+            continue
+        merged[s["id"]] = s
+    signed = [merged[k] for k in sorted(merged)]
+    signed_keys = {_identity(s) for s in signed}
+    row_keys = {_identity(r) for r in rows}
     i = j = 0
     while i < len(signed):
         s = signed[i]
@@ -220,27 +243,28 @@ def _compare(signed: list[dict[str, Any]], rows: list[dict[str, Any]], report: R
             i += 1
             continue
         d = rows[j]
-        if key(s) == key(d):
-            diff = [f for f in chain.FIELDS if s[f] != d[f]]
-            if s["chain"] != bytes(d["chain"] or b""):
-                diff.append("chain")
+        if _identity(s) == _identity(d):
+            if s.get("_withheld"):
+                diff = [] if s["chain"] == bytes(d["chain"] or b"") else ["chain"]
+                if s["id"] != d["id"]:
+                    diff.append("id")
+            else:
+                diff = [f for f in chain.FIELDS if s[f] != d[f]]
+                if s["chain"] != bytes(d["chain"] or b""):
+                    diff.append("chain")
             if diff:
                 report.findings.append(
-                    _find(
-                        "altered",
-                        d,
-                        f"differs from signed batch {s['_batch']} in {', '.join(diff)}",
-                        d["id"],
-                    )
+                    _find("altered", d, f"differs from signed batch {s['_batch']} in {', '.join(diff)}",
+                          d["id"])  # fmt: skip
                 )
             i += 1
             j += 1
-        elif key(d) not in signed_keys:
+        elif _identity(d) not in signed_keys:
             report.findings.append(
                 _find("inserted", d, "within the signed range but in no signed batch", d["id"])
             )
             j += 1
-        elif key(s) not in row_keys:
+        elif _identity(s) not in row_keys:
             report.findings.append(
                 _find("missing", s, f"in signed batch {s['_batch']}, not in the log", s["id"])
             )

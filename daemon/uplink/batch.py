@@ -160,15 +160,22 @@ def signing_bytes(
     records: Sequence[Mapping[str, Any]],
     annotations: Sequence[Mapping[str, Any]] | None = None,
     schema_valid: bool = False,
+    withheld: Sequence[Mapping[str, Any]] | None = None,
+    late: Sequence[Mapping[str, Any]] | None = None,
 ) -> bytes:
-    """JCS of {header, records[, annotations]}: the bytes signed and hashed.
+    """JCS of {header, records[, annotations][, withheld][, late]}: the bytes
+    signed and hashed.
 
-    ``annotations`` is present only when non-empty, so a batch without any has
-    exactly the signed form it had before annotations existed.
+    The optional members are present only when non-empty, so a batch without
+    them has exactly the signed form it had before they existed.
     """
     content: dict[str, Any] = {"header": header, "records": records}
     if annotations:
         content["annotations"] = annotations
+    if withheld:
+        content["withheld"] = withheld
+    if late:
+        content["late"] = late
     return canonical.dumps(content, schema_valid=schema_valid)
 
 
@@ -207,6 +214,22 @@ class Built:
     chain_end: str
     key_id: str
     annotation_ids: tuple[int, ...] = ()
+    withheld_ids: tuple[int, ...] = ()
+    late_ids: tuple[int, ...] = ()
+
+
+def withheld_entry(row: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """A rating the hall does not send (the province refused it for good, or
+    it cannot be built): its place in the chain, so the chain stays whole."""
+    return {
+        "ratingId": int(row["id"]),
+        "terminalId": "{:08x}".format(int(row["terminal_id"])),
+        "journalId": "{:08x}".format(chain.field(row, "journal_id")),
+        "seq": int(row["seq"]),
+        "fork": chain.field(row, "fork"),
+        "chain": bytes(row["chain"]).hex(),
+        "reason": reason[:64] or "held",
+    }
 
 
 def check_chain(prev: bytes, rows: Sequence[Mapping[str, Any]]) -> bytes:
@@ -234,29 +257,35 @@ def build(
     batch_id: str | None = None,
     annotations: Sequence[Mapping[str, Any]] = (),
     prev_last_id: int = 0,
+    held: Mapping[int, str] | None = None,
+    late: Sequence[Mapping[str, Any]] = (),
 ) -> Built:
     """Sign one batch over ``rows`` (in id order, chain-checked first) and ``annotations``.
 
     ``annotations`` are rows of the daemon's annotations table joined with their
     rating's terminal_id and seq; ``prev_last_id`` is the last rating id of the
     previous batch (the range of an annotations-only batch is empty after it).
+    ``held``: rating id -> reason for rows sent as ``withheld`` entries (their
+    chain value only); ``late``: earlier withheld rows released by a person,
+    sent in full (each with ``late_cases``/flags as for records: the caller
+    passes them through ``cases``/``flags``).
     """
-    if not rows and not annotations:
+    held = held or {}
+    if not rows and not annotations and not late:
         raise ValueError("a batch holds at least one rating or annotation")
     if len(annotations) > schema.MAX_ANNOTATIONS:
         raise ValueError(f"at most {schema.MAX_ANNOTATIONS} annotations per batch")
     if len(rows) > schema.MAX_RECORDS:
         raise ValueError(f"at most {schema.MAX_RECORDS} ratings per batch")
     end = check_chain(chain_prev, rows)
-    records = [
-        build_record(
-            r,
-            cases.get(r["case_id"]) if r["case_id"] is not None else None,
-            flags.get(r["id"], ()),
-            cfg,
-        )
-        for r in rows
-    ]
+
+    def rec(r: Mapping[str, Any]) -> dict[str, Any]:
+        case = cases.get(r["case_id"]) if r["case_id"] is not None else None
+        return build_record(r, case, flags.get(r["id"], ()), cfg)
+
+    records = [rec(r) for r in rows if r["id"] not in held]
+    withheld = [withheld_entry(r, held[r["id"]]) for r in rows if r["id"] in held]
+    late_recs = [rec(r) for r in late]
     kid = keys.key_id(key.public_key())
     header = {
         "format": schema.FORMAT,
@@ -270,7 +299,7 @@ def build(
         "keyId": kid,
     }
     anns = [build_annotation(a) for a in annotations]
-    signed = signing_bytes(header, records, anns)
+    signed = signing_bytes(header, records, anns, withheld=withheld, late=late_recs)
     sig = base64.b64encode(key.sign(signed)).decode()
     # JCS sorts "signature" after every other member: append it to the signed bytes.
     body = canonical.with_member(signed, "signature", sig)
@@ -285,6 +314,8 @@ def build(
         chain_end=end.hex(),
         key_id=kid,
         annotation_ids=tuple(a["annotationId"] for a in anns),
+        withheld_ids=tuple(w["ratingId"] for w in withheld),
+        late_ids=tuple(r["ratingId"] for r in late_recs),
     )
 
 
@@ -306,10 +337,19 @@ class Verified:
         return self.doc.get("annotations", [])  # type: ignore[no-any-return]
 
     @property
+    def withheld(self) -> list[dict[str, Any]]:
+        return self.doc.get("withheld", [])  # type: ignore[no-any-return]
+
+    @property
+    def late(self) -> list[dict[str, Any]]:
+        return self.doc.get("late", [])  # type: ignore[no-any-return]
+
+    @property
     def chain_end(self) -> str:
         """The local chain value after this batch (its chainPrev if it has no records)."""
-        if self.records:
-            return self.records[-1]["chain"]  # type: ignore[no-any-return]
+        last = max(self.records + self.withheld, key=lambda r: r["ratingId"], default=None)
+        if last is not None:
+            return last["chain"]  # type: ignore[no-any-return]
         return self.header["chainPrev"]  # type: ignore[no-any-return]
 
 
@@ -323,6 +363,31 @@ def parse(body: bytes) -> dict[str, Any]:
     except schema.SchemaError as e:
         raise BatchError("schema", str(e)) from e
     return doc  # type: ignore[no-any-return]
+
+
+def _origin(r: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The record's origin, checked to be the row the record describes."""
+    o = r["origin"]
+    if None in (o["id"], o["terminal_id"], o["seq"], o["level"], o["received_ms"]):
+        raise BatchError("record", f"{where}: origin lacks a required value")
+    if (
+        o["id"] != r["ratingId"]
+        or "{:08x}".format(o["terminal_id"]) != r["terminalId"]
+        or "{:08x}".format(o["journal_id"] or 0) != r["journalId"]
+        or o["seq"] != r["seq"]
+        or (o["fork"] or 0) != r["fork"]
+        or str(o["level"]) != r["satisfaction"]
+    ):
+        raise BatchError("record", f"{where}: origin disagrees with the record")
+    return o  # type: ignore[no-any-return]
+
+
+def _record_rules(r: Mapping[str, Any], where: str) -> None:
+    """The province's rules for one record (the reference receiver's too)."""
+    if int(r["satisfaction"]) <= BAD_MAX and not (r["evalDetail"] or r["writingEvaluation"]):
+        raise BatchError("bad_no_reason", f"{where}: 差评 without evalDetail or text")
+    if r["serviceTime"] is not None and r["assessTime"] < r["serviceTime"]:
+        raise BatchError("time", f"{where}: assessTime before serviceTime")
 
 
 def verify(body: bytes, keyring: keys.Keyring) -> Verified:
@@ -342,27 +407,29 @@ def verify_doc(doc: dict[str, Any], keyring: keys.Keyring) -> Verified:
     if h["keyId"] not in keyring:
         raise BatchError("key", "unknown signing key {}".format(h["keyId"]))
     anns = doc.get("annotations", [])
-    if not recs and not anns:
+    withheld = doc.get("withheld", [])
+    late = doc.get("late", [])
+    if not recs and not anns and not withheld and not late:
         raise BatchError("empty", "a batch carries at least one record or annotation")
-    signed = signing_bytes(h, recs, anns, schema_valid=True)
+    signed = signing_bytes(h, recs, anns, schema_valid=True, withheld=withheld, late=late)
     if not keyring.verify(h["keyId"], base64.b64decode(doc["signature"]), signed):
         raise BatchError("signature", "signature does not verify")
     prev = bytes.fromhex(h["chainPrev"])
     seen: set[tuple[str, str, int, int]] = set()
     last_id = 0
+    # The chain walks records and withheld entries together, in rating id order:
+    # a withheld entry gives its chain value (the hall signs it) in its place.
+    held_at = {w["ratingId"]: w for w in withheld}
+    if len(held_at) != len(withheld) or held_at.keys() & {r["ratingId"] for r in recs}:
+        raise BatchError("withheld", "a rating is both withheld and sent, or withheld twice")
+    pending = sorted(held_at)
     for i, r in enumerate(recs):
-        o = r["origin"]
-        if None in (o["id"], o["terminal_id"], o["seq"], o["level"], o["received_ms"]):
-            raise BatchError("record", f"records[{i}]: origin lacks a required value")
-        if (
-            o["id"] != r["ratingId"]
-            or "{:08x}".format(o["terminal_id"]) != r["terminalId"]
-            or "{:08x}".format(o["journal_id"] or 0) != r["journalId"]
-            or o["seq"] != r["seq"]
-            or (o["fork"] or 0) != r["fork"]
-            or str(o["level"]) != r["satisfaction"]
-        ):
-            raise BatchError("record", f"records[{i}]: origin disagrees with the record")
+        while pending and pending[0] < r["ratingId"]:
+            w = held_at[pending.pop(0)]
+            if w["ratingId"] <= last_id:
+                raise BatchError("order", "withheld rating ids must increase with the records")
+            prev, last_id = bytes.fromhex(w["chain"]), w["ratingId"]
+        o = _origin(r, f"records[{i}]")
         if r["ratingId"] <= last_id:
             raise BatchError("order", f"records[{i}]: rating ids must increase")
         last_id = r["ratingId"]
@@ -373,10 +440,16 @@ def verify_doc(doc: dict[str, Any], keyring: keys.Keyring) -> Verified:
         prev = chain.next_hash(prev, o)
         if prev.hex() != r["chain"]:
             raise BatchError("chain", f"records[{i}]: chain value does not recompute")
-        if int(r["satisfaction"]) <= BAD_MAX and not (r["evalDetail"] or r["writingEvaluation"]):
-            raise BatchError("bad_no_reason", f"records[{i}]: 差评 without evalDetail or text")
-        if r["serviceTime"] is not None and r["assessTime"] < r["serviceTime"]:
-            raise BatchError("time", f"records[{i}]: assessTime before serviceTime")
+        _record_rules(r, f"records[{i}]")
+    for w in pending:  # withheld after the last record
+        if w <= last_id:
+            raise BatchError("order", "withheld rating ids must increase with the records")
+        last_id = w
+    for i, r in enumerate(late):
+        # its place in the chain is a withheld entry of an earlier batch: the
+        # receiver, which keeps those, checks the link
+        _origin(r, f"late[{i}]")
+        _record_rules(r, f"late[{i}]")
     in_batch = {r["ratingId"]: (r["terminalId"], r["seq"]) for r in recs}
     last_ann = 0
     for i, a in enumerate(anns):

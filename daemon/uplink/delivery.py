@@ -3,10 +3,10 @@
 A sink's ``deliver(batch_id, body)`` returns the acknowledgement text to
 record, raises Retryable for anything that may succeed later (network
 errors, time-outs, 5xx, 408, 429) and Rejected when the province says the
-batch itself is wrong (other 4xx).  The uplink never drops a batch: a
-rejected one raises an alarm and is retried at the backoff cap, because the
-usual cause (an unregistered key, a receiver misconfiguration) is fixed on
-the other side.
+batch itself is wrong (other 4xx).  What the uplink does then is its
+policy (runner.py, docs/uplink.md "When the province refuses"): a refused
+record is isolated and held, the rest goes on; a refusal that blames no
+record (an unregistered key, a broken order) is retried at the backoff cap.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 MAX_ACK_BYTES = 64 * 1024  # an acknowledgement larger than this is a protocol error
+REFUSAL_MAX = 2000  # characters of a province's refusal kept (it names what it refused)
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 15.0
 BACKOFF_BASE_S = 0.5
@@ -40,6 +41,7 @@ class Rejected(DeliveryError):
     def __init__(self, status: int, msg: str) -> None:
         super().__init__(f"HTTP {status}: {msg}")
         self.status = status
+        self.body = msg  # the province's answer (JSON {"code", "error"} from the reference)
 
 
 class Sink(Protocol):
@@ -155,7 +157,7 @@ class HttpSink:
         if status in (408, 425, 429) or status >= 500:
             raise Retryable(f"HTTP {status}: {msg[:200]}")
         if status >= 400:
-            raise Rejected(status, msg[:200])
+            raise Rejected(status, msg[:REFUSAL_MAX])
         if status != 200:
             raise Retryable(f"unexpected HTTP {status}")
         return status, msg

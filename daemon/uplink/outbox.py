@@ -9,6 +9,12 @@ The uplink owns two tables in the daemon's database (created here with
 ``uplink_meta``     key/value: the hall id the outbox is bound to, alarms,
                     the annotation floor.
 ``uplink_annotations`` which batch took each row of ``annotations``.
+``uplink_held``     ratings the province refused for good (or that cannot be
+                    built): withheld from the batches (their chain value
+                    stands in their place), alarmed until a person releases
+                    (sent later as ``late``) or dismisses them.
+``uplink_rejected`` batches the province refused, kept as evidence; the range
+                    is cut again (same batch seq) without what was refused.
 
 A batch is cut in one IMMEDIATE transaction (read the next ratings by
 ``id > last batched id``, sign, insert), so after any crash either the whole
@@ -19,6 +25,7 @@ byte.  Rows of ``ratings`` are never written.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,11 +63,53 @@ CREATE TABLE IF NOT EXISTS uplink_annotations (
     batch_seq INTEGER NOT NULL,
     sent INTEGER NOT NULL  -- 1: in the batch's annotations, 0: carried as a record flag
 );
+CREATE TABLE IF NOT EXISTS uplink_held (
+    rating_id INTEGER PRIMARY KEY,
+    state TEXT NOT NULL CHECK (state IN ('held', 'released', 'dismissed', 'sent')),
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    held_ms INTEGER NOT NULL,
+    acted_ms INTEGER,
+    note TEXT,
+    late_batch INTEGER
+);
+CREATE TABLE IF NOT EXISTS uplink_rejected (
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    batch_id TEXT NOT NULL,
+    first_rating_id INTEGER NOT NULL,
+    last_rating_id INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    error TEXT NOT NULL,
+    rejected_ms INTEGER NOT NULL
+);
 """
+
+LATE_PER_BATCH = 100  # released ratings sent in one batch at most
+HELD_STATES = ("held", "released", "dismissed", "sent")
 
 
 class OutboxError(Exception):
     """The outbox cannot proceed (bound to another hall, broken local chain, ...)."""
+
+
+# Refusal codes that say nothing about a record: the batch is not cut apart for
+# them (the hall's key unknown, the batch order or chain, an injected fault, a
+# case the profile never pushed: the profile is wrong, not the record).
+NOT_RECORD_CODES = frozenset({"key", "signature", "order", "batch_chain", "chain", "batch_id_reused",
+                              "size", "json", "case_unknown"})  # fmt: skip
+
+
+def _refusal(error: str) -> tuple[str, str]:
+    """(code, message) of a province's refusal body ('{"code", "error"}' or text)."""
+    try:
+        doc = json.loads(error)
+    except ValueError:
+        return "refused", error
+    if not isinstance(doc, dict):
+        return "refused", error
+    return str(doc.get("code") or "refused")[:64], str(doc.get("error") or error)
 
 
 @dataclass(frozen=True)
@@ -151,14 +200,19 @@ class Outbox:
         """Sign and store the next batch: ``max_records`` ratings, or fewer if ``force``."""
         with self._tx():
             seq, prev_hash, last_id, chain_prev = self._last()
+            cap = self._bisect_cap(last_id)
+            if cap is not None and cap < max_records:
+                max_records, force = cap, True
             rows = self.conn.execute(
                 "SELECT * FROM ratings WHERE id > ? ORDER BY id LIMIT ?", (last_id, max_records)
             ).fetchall()
-            if len(rows) < max_records and not force:
+            late = self._released()
+            if len(rows) < max_records and not force and not late:
                 return None
             new_last = rows[-1]["id"] if rows else last_id
+            held = self._held_in(rows, cfg, now_ms)
             carried, send = self._waiting_annotations(rows, new_last)
-            if not rows and not send:
+            if not rows and not send and not late:
                 return None
             if chain_prev is None:
                 before = self.conn.execute(
@@ -166,7 +220,7 @@ class Outbox:
                     (rows[0]["id"] if rows else last_id + 1,),
                 ).fetchone()
                 chain_prev = bytes(before[0]) if before is not None else chain.GENESIS
-            case_ids = sorted({r["case_id"] for r in rows if r["case_id"] is not None})
+            case_ids = sorted({r["case_id"] for r in [*rows, *late] if r["case_id"] is not None})
             cases: dict[int, Any] = {}
             for i in range(0, len(case_ids), 500):
                 part = case_ids[i : i + 500]
@@ -181,6 +235,10 @@ class Outbox:
             ):
                 if aid in carried:
                     flags.setdefault(rid, []).append(value)
+            for r in late:  # a late record carries every flag written with it
+                flags[r["id"]] = [v for (v,) in self.conn.execute(
+                    "SELECT value FROM annotations WHERE kind = 'flag' AND rating_id = ?"
+                    " ORDER BY id", (r["id"],))]  # fmt: skip
             try:
                 built = batchmod.build(
                     hall_id=self.hall_id,
@@ -195,6 +253,8 @@ class Outbox:
                     cfg=cfg,
                     annotations=send,
                     prev_last_id=last_id,
+                    held=held,
+                    late=late,
                 )
             except batchmod.BatchError as e:
                 raise OutboxError(f"refusing to sign: {e} (run `hcp audit verify`)") from e
@@ -220,8 +280,164 @@ class Outbox:
                 [(a, built.seq, 0) for a in sorted(carried)]
                 + [(a, built.seq, 1) for a in built.annotation_ids],
             )
+            self.conn.executemany(
+                "UPDATE uplink_held SET state = 'sent', late_batch = ? WHERE rating_id = ?",
+                [(built.seq, rid) for rid in built.late_ids],
+            )
             self._advance_annotation_floor()
         return built
+
+    # -- held ratings (the policy of docs/uplink.md, "When the province refuses") --
+
+    def _held_in(self, rows: list[Any], cfg: batchmod.RecordConfig, now_ms: int) -> dict[int, str]:
+        """Rating id -> reason for the rows of a batch that go as withheld
+        entries: those held before, and any that cannot be built now (held
+        here, with the error, so that one bad row never stops the uplink)."""
+        if not rows:
+            return {}
+        held = {
+            int(rid): str(reason)
+            for rid, reason in self.conn.execute(
+                "SELECT rating_id, reason FROM uplink_held WHERE rating_id BETWEEN ? AND ?",
+                (rows[0]["id"], rows[-1]["id"]),
+            )
+        }
+        for r in rows:
+            if r["id"] in held:
+                continue
+            case = None
+            if r["case_id"] is not None:
+                case = self.conn.execute("SELECT * FROM cases WHERE id = ?", (r["case_id"],)).fetchone()
+            try:
+                batchmod.schema.validate_record(batchmod.build_record(r, case, (), cfg))
+            except Exception as e:  # noqa: BLE001 - whatever a stored row holds, hold it
+                self._hold(int(r["id"]), "unbuildable", f"{type(e).__name__}: {e}", now_ms)
+                held[int(r["id"])] = "unbuildable"
+        return held
+
+    def _released(self) -> list[Any]:
+        return self.conn.execute(
+            "SELECT r.* FROM uplink_held h JOIN ratings r ON r.id = h.rating_id"
+            " WHERE h.state = 'released' ORDER BY h.rating_id LIMIT ?",
+            (LATE_PER_BATCH,),
+        ).fetchall()
+
+    def _hold(self, rating_id: int, reason: str, detail: str, now_ms: int) -> None:
+        self.conn.execute(
+            "INSERT INTO uplink_held (rating_id, state, reason, detail, held_ms) VALUES"
+            " (?, 'held', ?, ?, ?) ON CONFLICT(rating_id) DO UPDATE SET state = 'held',"
+            " reason = excluded.reason, detail = excluded.detail, held_ms = excluded.held_ms",
+            (rating_id, reason[:64], detail[:500], now_ms),
+        )
+
+    def _bisect_cap(self, last_id: int) -> int | None:
+        row = self.conn.execute("SELECT value FROM uplink_meta WHERE key = 'bisect'").fetchone()
+        if row is None:
+            return None
+        b = json.loads(row[0])
+        if last_id >= b["to"]:
+            self.conn.execute("DELETE FROM uplink_meta WHERE key = 'bisect'")
+            return None
+        return int(b["size"])
+
+    def isolate(self, seq: int, status: int, error: str, now_ms: int) -> str | None:
+        """The province refused batch ``seq`` for good.  Find what it refused
+        and take it out: a record (or a late record) it names is held; an
+        annotation it names is withheld; otherwise the batch's range is cut
+        again in halves until the refused record stands alone.  The batch
+        moves to uplink_rejected and its range is cut again (same seq).
+        Returns what was done, or None when nothing in the batch is to blame
+        (an unknown key, a broken chain: the province's state, retried)."""
+        code, msg = _refusal(error)
+        if status not in (400, 413, 422) or code in NOT_RECORD_CODES:
+            return None
+        with self._tx():
+            row = self.conn.execute(
+                "SELECT batch_id, first_rating_id, last_rating_id, count, body FROM uplink_batches"
+                " WHERE seq = ? AND state = 'pending'", (seq,),
+            ).fetchone()  # fmt: skip
+            if row is None:
+                return None
+            if self.conn.execute(
+                "SELECT count(*) FROM uplink_batches WHERE seq > ? AND state != 'pending'", (seq,)
+            ).fetchone()[0]:
+                return None  # only pending batches follow the one in flight: never the case
+            doc = json.loads(bytes(row["body"]))
+            what = None
+            m = re.search(r"(records|late|annotations)\[(\d+)\]", msg)
+            if m is not None:
+                part, i = m.group(1), int(m.group(2))
+                items = doc.get(part, [])
+                if i < len(items):
+                    if part == "annotations":
+                        aid = int(items[i]["annotationId"])
+                        self.conn.execute(
+                            "INSERT INTO uplink_annotations VALUES (?, ?, 2)"
+                            " ON CONFLICT DO UPDATE SET sent = 2", (aid, -seq))  # fmt: skip
+                        what = f"annotation {aid} withheld ({code})"
+                    else:
+                        rid = int(items[i]["ratingId"])
+                        self._hold(rid, code, msg, now_ms)
+                        what = f"rating {rid} held ({code})"
+            if what is None:
+                n = len(doc.get("records", []))
+                if n == 1:
+                    rid = int(doc["records"][0]["ratingId"])
+                    self._hold(rid, code, msg, now_ms)
+                    what = f"rating {rid} held ({code})"
+                elif n > 1:
+                    size = max(1, n // 2)
+                    self.conn.execute(
+                        "INSERT INTO uplink_meta VALUES ('bisect', ?) ON CONFLICT(key) DO UPDATE"
+                        " SET value = excluded.value",
+                        (json.dumps({"from": row["first_rating_id"], "to": row["last_rating_id"],
+                                     "size": size}),),  # fmt: skip
+                    )
+                    what = f"batch {seq} cut again in parts of {size} to find the refused record"
+                else:
+                    return None
+            self.conn.execute(
+                "INSERT INTO uplink_rejected (seq, batch_id, first_rating_id, last_rating_id, count,"
+                " body, error, rejected_ms) VALUES (?,?,?,?,?,?,?,?)",
+                (seq, row["batch_id"], row["first_rating_id"], row["last_rating_id"], row["count"],
+                 row["body"], f"HTTP {status}: {error}"[:2000], now_ms),
+            )  # fmt: skip
+            # It and the batches cut after it (pending, never sent: they chain
+            # after it) go; their annotations (sent or carried) go again with
+            # the new cut, a late record they carried is released again.
+            self.conn.execute(
+                "DELETE FROM uplink_annotations WHERE batch_seq >= ? AND sent != 2", (seq,)
+            )
+            self.conn.execute(
+                "UPDATE uplink_held SET state = 'released', late_batch = NULL"
+                " WHERE late_batch >= ? AND state = 'sent'", (seq,),
+            )  # fmt: skip
+            self.conn.execute("DELETE FROM uplink_batches WHERE seq >= ?", (seq,))
+            self._advance_annotation_floor()
+        return what
+
+    def act(self, rating_ids: list[int], action: str, note: str, now_ms: int) -> list[int]:
+        """A person acts on held ratings: 'release' (send them, late) or
+        'dismiss' (never send; the alarm stops).  Returns the ids changed."""
+        if action not in ("release", "dismiss"):
+            raise OutboxError("the action is release or dismiss")
+        new = "released" if action == "release" else "dismissed"
+        done = []
+        with self._tx():
+            for rid in rating_ids:
+                cur = self.conn.execute(
+                    "UPDATE uplink_held SET state = ?, acted_ms = ?, note = ?"
+                    " WHERE rating_id = ? AND state IN ('held', 'dismissed', 'released')",
+                    (new, now_ms, note[:500], rid),
+                )
+                if cur.rowcount:
+                    done.append(rid)
+        return done
+
+    def held(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute(
+            "SELECT rating_id, state, reason, detail, held_ms, acted_ms, note, late_batch"
+            " FROM uplink_held ORDER BY rating_id")]  # fmt: skip
 
     # -- annotations ---------------------------------------------------------
     #
@@ -245,9 +461,11 @@ class Outbox:
             "SELECT a.id, a.rating_id, a.kind, a.value, a.created_ms, r.terminal_id, r.seq"
             " FROM annotations a JOIN ratings r ON r.id = a.rating_id"
             " LEFT JOIN uplink_annotations u ON u.annotation_id = a.id"
+            " LEFT JOIN uplink_held h ON h.rating_id = a.rating_id"
             " WHERE a.id >= ? AND a.rating_id <= ? AND u.annotation_id IS NULL"
+            " AND (h.rating_id IS NULL OR (h.state = 'sent' AND a.rating_id <= ?))"
             " ORDER BY a.id LIMIT ?",
-            (self._floor(), new_last, batchmod.schema.MAX_ANNOTATIONS),
+            (self._floor(), new_last, new_last, batchmod.schema.MAX_ANNOTATIONS),
         ):
             if a["kind"] == "flag" and a["rating_id"] >= first_new:
                 carried.add(a["id"])
@@ -323,6 +541,12 @@ class Outbox:
                 (key, json.dumps(value, ensure_ascii=False)),
             )
 
+    def held_summary(self) -> dict[str, int]:
+        return {
+            k: int(v)
+            for k, v in self.conn.execute("SELECT state, count(*) FROM uplink_held GROUP BY state")
+        }
+
     def status(self) -> dict[str, Any]:
         c = self.conn
         by_state = dict(c.execute("SELECT state, count(*) FROM uplink_batches GROUP BY state"))
@@ -346,4 +570,12 @@ class Outbox:
             "lastBatchedRatingId": self.last_batched_id(),
             "lastError": last_error[0] if last_error else None,
             "alarms": json.loads(alarms[0]) if alarms else [],
+            "held": {k: self.held_summary().get(k, 0) for k in HELD_STATES},
+            "heldRatings": [
+                {"ratingId": r["rating_id"], "reason": r["reason"], "detail": r["detail"]}
+                for r in self.held() if r["state"] == "held"
+            ][:50],
+            "rejectedBatches": int(c.execute("SELECT count(*) FROM uplink_rejected").fetchone()[0]),
+            "withheldAnnotations": int(c.execute(
+                "SELECT count(*) FROM uplink_annotations WHERE sent = 2").fetchone()[0]),
         }

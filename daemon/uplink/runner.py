@@ -12,8 +12,15 @@ Rules (the uplink's state machine, one place):
   outage goes oldest first, back to back, with no delay between successes.
 * Success -> state 'acked' (or 'spooled') with the province's answer stored
   and the backoff reset.  Retryable failure -> attempts+1, wait
-  ``Backoff.next()``.  Rejection -> alarm 'batch_rejected' and retry at the
-  backoff cap; a batch is never dropped or rebuilt.
+  ``Backoff.next()``.  Rejection that blames records (400/422 naming
+  ``records[i]``, or a single-record batch) -> the record is held (withheld
+  from every batch, alarm 'records_held' until a person releases or dismisses
+  it), the batch is kept in uplink_rejected and its range cut again at once
+  (a refusal that names nothing: cut in halves until it does).  Rejection
+  that blames no record (key, signature, order) -> alarm 'batch_rejected' and
+  retry at the backoff cap.  docs/uplink.md, "When the province refuses".
+* A row that cannot be built into a record is held the same way
+  ('unbuildable'): one bad row never stops the uplink.
 * A local chain that does not recompute -> alarm 'chain_broken': nothing
   more is signed (``hcp audit verify`` names the row), what was signed is
   still delivered.  A database error while cutting -> alarm 'db_error',
@@ -224,6 +231,13 @@ class Uplink:
         try:
             ack = self.sink.deliver(p.batch_id, p.body)
         except delivery.Rejected as e:
+            done = self.outbox.isolate(p.seq, e.status, e.body, int(self.clock() * 1000))
+            if done is not None:
+                # the refused part is out; the rest is cut again and goes at once
+                self._alarm("records_held", f"batch {p.seq} refused ({e}): {done}")
+                self.next_try = 0.0
+                self.next_cut = 0.0
+                return False
             self.outbox.mark_failed(p.seq, str(e))
             self._alarm("batch_rejected", f"batch {p.seq} rejected: {e}")
             self.next_try = t + self.cfg.backoff_cap_s
@@ -257,11 +271,14 @@ class Uplink:
             return self.alarms
         self.next_alarm_check = t + ALARM_EVERY_S
         new = [a for a in self.alarms if a in ("batch_rejected", "chain_broken", "db_error")]
+        st = self.outbox.status()
+        if st["held"]["held"] or st["withheldAnnotations"]:
+            new.append("records_held")  # until a person releases or dismisses them
         free = shutil.disk_usage(Path(self.cfg.db).resolve().parent).free
         if free < self.cfg.min_free_bytes:
             new.append("disk_low")
             log.error("ALARM disk_low: %d MiB free beside %s", free >> 20, self.cfg.db)
-        pending_bytes = self.outbox.status()["pendingBytes"]
+        pending_bytes = st["pendingBytes"]
         if pending_bytes > self.cfg.max_outbox_bytes:
             new.append("outbox_large")
             log.error("ALARM outbox_large: %d MiB of batches wait", pending_bytes >> 20)
@@ -355,5 +372,29 @@ def status(db: str, hall_id: str | None = None) -> dict[str, Any]:
         if row is None:
             raise UplinkError(f"no uplink outbox in {db}")
         return Outbox(conn, hall_id or row[0]).status()
+    finally:
+        conn.close()
+
+
+def held(db: str) -> list[dict[str, Any]]:
+    """The held ratings of ``db``'s outbox (``hcp uplink held``)."""
+    conn = connect(db)
+    try:
+        row = conn.execute("SELECT value FROM uplink_meta WHERE key='hall_id'").fetchone()
+        if row is None:
+            raise UplinkError(f"no uplink outbox in {db}")
+        return Outbox(conn, row[0]).held()
+    finally:
+        conn.close()
+
+
+def act(db: str, rating_ids: list[int], action: str, note: str) -> list[int]:
+    """``hcp uplink release|dismiss``: a person acts on held ratings."""
+    conn = connect(db)
+    try:
+        row = conn.execute("SELECT value FROM uplink_meta WHERE key='hall_id'").fetchone()
+        if row is None:
+            raise UplinkError(f"no uplink outbox in {db}")
+        return Outbox(conn, row[0]).act(rating_ids, action, note, int(time.time() * 1000))
     finally:
         conn.close()

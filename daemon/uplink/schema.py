@@ -172,6 +172,26 @@ ANNOTATION: dict[str, Any] = {
     },
 }
 
+WITHHELD: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["ratingId", "terminalId", "journalId", "seq", "fork", "chain", "reason"],
+    "properties": {
+        "ratingId": {"type": "integer", "minimum": 1, "maximum": 2**53 - 1},
+        "terminalId": {"type": "string", "pattern": "^[0-9a-f]{8}$"},
+        "journalId": {"type": "string", "pattern": "^[0-9a-f]{8}$"},
+        "seq": dict(_U32),
+        "fork": dict(_U32),
+        "chain": {"type": "string", "pattern": _HEX64, "description": "its local chain value"},
+        "reason": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 64,
+            "description": "why it is withheld: the province's refusal code, or unbuildable",
+        },
+    },
+}
+
 HEADER: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -218,6 +238,22 @@ SCHEMA: dict[str, Any] = {
             "maxItems": MAX_ANNOTATIONS,
             "items": ANNOTATION,
             "description": "review outcomes and flags recorded after their rating was batched",
+        },
+        "withheld": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_RECORDS,
+            "items": WITHHELD,
+            "description": "ratings of this batch's range the hall does not send (refused by the "
+            "province for good, or not buildable): each keeps its place in the chain",
+        },
+        "late": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_RECORDS,
+            "items": RECORD,
+            "description": "ratings withheld by an earlier batch, released by a person: each "
+            "must link into the chain where its withheld entry stood",
         },
         "signature": {
             "type": "string",

@@ -210,6 +210,58 @@ def uplink_status(db: str) -> None:
         raise click.ClickException(str(e)) from e
 
 
+@uplink_group.command("held")
+@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def uplink_held(db: str, as_json: bool) -> None:
+    """Ratings the province refused for good (or that cannot be built): withheld, alarmed."""
+    from haochaping.daemon.uplink import runner
+
+    try:
+        rows = runner.held(db)
+    except runner.UplinkError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        click.echo("no rating is held")
+    for r in rows:
+        click.echo(f"rating {r['rating_id']}: {r['state']} ({r['reason']}) {r['detail']}"
+                   + (f" -- {r['note']}" if r["note"] else ""))  # fmt: skip
+
+
+def _act(db: str, ids: tuple[int, ...], action: str, note: str) -> None:
+    from haochaping.daemon.uplink import outbox, runner
+
+    try:
+        done = runner.act(db, list(ids), action, note)
+    except (runner.UplinkError, outbox.OutboxError) as e:
+        raise click.ClickException(str(e)) from e
+    for rid in ids:
+        click.echo(f"rating {rid}: {action + 'd' if rid in done else 'not held, nothing done'}")
+    if len(done) != len(ids):
+        sys.exit(1)
+
+
+@uplink_group.command("release")
+@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--note", default="", help="Why (kept with it).")
+@click.argument("rating_ids", nargs=-1, type=int, required=True)
+def uplink_release(db: str, note: str, rating_ids: tuple[int, ...]) -> None:
+    """Send held ratings again (late), e.g. after the province fixed its tables."""
+    _act(db, rating_ids, "release", note)
+
+
+@uplink_group.command("dismiss")
+@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--note", required=True, help="Why it is never sent (kept with it).")
+@click.argument("rating_ids", nargs=-1, type=int, required=True)
+def uplink_dismiss(db: str, note: str, rating_ids: tuple[int, ...]) -> None:
+    """Never send held ratings (they stay withheld in the chain); the alarm stops."""
+    _act(db, rating_ids, "dismiss", note)
+
+
 # ---------------------------------------------------------------- province
 
 
@@ -235,11 +287,15 @@ def province_group() -> None:
 @click.option("--tls-key", default=None, help="Its private key (PEM).")
 @click.option("--client-ca", default=None, help="mTLS: require client certificates from this CA.")
 @click.option("--require-cases", is_flag=True, help="Refuse evaluations of cases not pushed first.")
+@click.option("--refuse-task-code", "refuse_task_codes", multiple=True,
+              help="Refuse records naming this taskCode for good (422 task_refused), as a province "
+                   "whose item list lacks it; repeatable.")  # fmt: skip
 @click.option("-v", "--verbose", is_flag=True, help="Log every request.")
 def province_serve(
     listen: str, data: str, pubkey: tuple[str, ...], fault: str, fault_rate: float,
     fault_count: int, fault_delay: float, seed: int, tls_cert: str | None,
-    tls_key: str | None, client_ca: str | None, require_cases: bool, verbose: bool,
+    tls_key: str | None, client_ca: str | None, require_cases: bool,
+    refuse_task_codes: tuple[str, ...], verbose: bool,
 ) -> None:  # fmt: skip
     """Receive, verify and keep batches; inject faults for tests."""
     from haochaping.simulator import province
@@ -250,6 +306,7 @@ def province_serve(
         recv = province.Receiver(
             data, host=host, port=port, pubkeys=pubkey, faults=plan, verbose=verbose,
             tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca, require_cases=require_cases,
+            refuse_task_codes=refuse_task_codes,
         )  # fmt: skip
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e

@@ -205,8 +205,9 @@ class Receiver:
         tls_key: str | None = None,
         client_ca: str | None = None,
         require_cases: bool = False,
+        refuse_task_codes: tuple[str, ...] = (),
     ) -> None:
-        self.store = Store(data_dir, pubkeys, require_cases)
+        self.store = Store(data_dir, pubkeys, require_cases, refuse_task_codes)
         self.faults = Faults(faults)
         ctx = None
         if tls_cert:

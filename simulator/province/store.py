@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from haochaping.daemon import keys
+from haochaping.daemon import chain, keys
 from haochaping.daemon.uplink import batch as batchmod
 
 DB_NAME = "province.sqlite"
@@ -51,6 +51,16 @@ CREATE TABLE IF NOT EXISTS cases (
     record TEXT NOT NULL,
     PRIMARY KEY (hall_id, project_no)
 );
+CREATE TABLE IF NOT EXISTS withheld (
+    hall_id TEXT NOT NULL,
+    rating_id INTEGER NOT NULL,
+    chain TEXT NOT NULL,        -- its place in the hall's chain
+    prev_chain TEXT NOT NULL,   -- the chain value before it, to check a late record
+    reason TEXT NOT NULL,
+    batch_id TEXT NOT NULL REFERENCES batches(batch_id),
+    filled_by TEXT,             -- the batch that brought it late
+    PRIMARY KEY (hall_id, rating_id)
+);
 CREATE TABLE IF NOT EXISTS records (
     hall_id TEXT NOT NULL,
     terminal_id TEXT NOT NULL,
@@ -78,9 +88,13 @@ class Store:
     """What the province accepted, with every check the reference makes."""
 
     def __init__(
-        self, data_dir: str | Path, pubkeys: tuple[str, ...] = (), require_cases: bool = False
-    ) -> None:
+        self, data_dir: str | Path, pubkeys: tuple[str, ...] = (), require_cases: bool = False,
+        refuse_task_codes: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         self.require_cases = require_cases
+        # the province's item list lacks these codes: a record naming one is
+        # refused for good (422 task_refused), as a real province refuses
+        self.refuse_task_codes = set(refuse_task_codes)
         self.dir = Path(data_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "keys").mkdir(exist_ok=True)
@@ -123,6 +137,12 @@ class Store:
         }
         with self.lock:
             c = self.conn
+            for part in ("records", "late"):
+                for i, rec in enumerate(v.doc.get(part, [])):
+                    if rec["taskCode"] in self.refuse_task_codes:
+                        raise Reject(422, "task_refused",
+                                     f"{part}[{i}]: taskCode {rec['taskCode']} is not in the"
+                                     " province's item list")  # fmt: skip
             if self.require_cases:
                 for i, rec in enumerate(v.records):
                     if (
@@ -186,9 +206,14 @@ class Store:
                         for r in v.records
                     ],
                 )
+                self._withheld(c, h, v)
+                self._late(c, h, v)
             except sqlite3.IntegrityError as e:
                 c.execute("ROLLBACK")
                 raise Reject(422, "duplicate_record", f"评价数据不可重复: {e}") from e
+            except Reject:
+                c.execute("ROLLBACK")
+                raise
             for i, a in enumerate(v.annotations):
                 rated = c.execute(
                     "SELECT terminal_id, seq FROM records WHERE hall_id = ? AND rating_id = ?",
@@ -219,6 +244,54 @@ class Store:
                     raise Reject(422, "duplicate_annotation", f"annotations[{i}]: {e}") from e
             c.execute("COMMIT")
         return dict(ack, status="accepted", receivedMs=now_ms, annotations=len(v.annotations))
+
+    @staticmethod
+    def _withheld(c: sqlite3.Connection, h: dict[str, Any], v: batchmod.Verified) -> None:
+        """Keep each withheld entry with the chain value before it: a late
+        record must link in there."""
+        if not v.withheld:
+            return
+        merged = sorted([(r["ratingId"], r["chain"]) for r in v.records]
+                        + [(w["ratingId"], w["chain"]) for w in v.withheld])  # fmt: skip
+        prev = h["chainPrev"]
+        reasons = {w["ratingId"]: w["reason"] for w in v.withheld}
+        for rid, ch in merged:
+            if rid in reasons:
+                c.execute("INSERT INTO withheld VALUES (?,?,?,?,?,?,NULL)",
+                          (h["hallId"], rid, ch, prev, reasons[rid], h["batchId"]))  # fmt: skip
+            prev = ch
+
+    @staticmethod
+    def _late(c: sqlite3.Connection, h: dict[str, Any], v: batchmod.Verified) -> None:
+        """A late record fills its withheld place: it must recompute to the
+        chain value that stood there (so it is the very rating withheld)."""
+        for i, r in enumerate(v.late):
+            row = c.execute(
+                "SELECT chain, prev_chain, filled_by FROM withheld WHERE hall_id = ? AND rating_id = ?",
+                (h["hallId"], r["ratingId"]),
+            ).fetchone()
+            if row is None:
+                raise Reject(422, "late", f"late[{i}]: rating {r['ratingId']} was never withheld")
+            if row[2] is not None:
+                raise Reject(422, "duplicate_record", f"late[{i}]: 评价数据不可重复 (sent late before)")
+            if chain.next_hash(bytes.fromhex(row[1]), r["origin"]).hex() != row[0] or r["chain"] != row[0]:
+                raise Reject(422, "late", f"late[{i}]: does not link into the chain where it was withheld")
+            c.execute(
+                "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (h["hallId"], r["terminalId"], r["journalId"], r["seq"], r["fork"], r["ratingId"],
+                 r["satisfaction"], r["assessTime"], h["batchId"],
+                 json.dumps(r, ensure_ascii=False, sort_keys=True)),
+            )  # fmt: skip
+            c.execute("UPDATE withheld SET filled_by = ? WHERE hall_id = ? AND rating_id = ?",
+                      (h["batchId"], h["hallId"], r["ratingId"]))  # fmt: skip
+
+    def withheld(self, hall_id: str) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = self.conn.execute(
+                "SELECT rating_id, reason, filled_by FROM withheld WHERE hall_id = ? ORDER BY rating_id",
+                (hall_id,),
+            ).fetchall()
+        return [{"ratingId": a, "reason": b, "filledBy": c} for a, b, c in rows]
 
     def accept_cases(self, body: bytes) -> dict[str, Any]:
         """The case-first profile's service records (办件信息); idempotent on projectNo."""

@@ -29,13 +29,15 @@ def test_few_hundred_seeds_keep_every_invariant() -> None:
     # The runs really exercised the faults and the whole path.
     assert t["thanks"] > 1000
     # every THANKS at the receiver, but those a wipe or a restore destroyed
-    # before they were sent (a technician erased them, as a power-off loses a press)
-    assert t["at_receiver"] >= t["thanks"] - t.get("destroyed_with_the_flash", 0)
+    # before they were sent (a technician erased them, as a power-off loses a
+    # press), and those held because the province refused their case
+    assert t["at_receiver"] >= t["thanks"] - t.get("destroyed_with_the_flash", 0) - t.get("ratings_held", 0)
     for fault in ("power_cut", "write_cut", "daemon_crash_after_commit",
                   "daemon_crash_before_commit", "province_outage", "province_ack_lost",
                   "uplink_crash", "unplugged", "commits_refused_disk_full", "shown_fault", "cases_cancelled",
                   "journal_wiped", "board_replaced", "journal_restored", "daemon_clock_step",
-                  "daemon_clock_steps_seen", "replay_hints_seen", "forks_stored"):  # fmt: skip
+                  "daemon_clock_steps_seen", "replay_hints_seen", "forks_stored",
+                  "province_refused_record", "ratings_held"):  # fmt: skip
         assert t.get(fault, 0) > 0, fault
     assert t["batches_duplicate"] > 0  # lost answers were resent and deduplicated
 
@@ -59,6 +61,9 @@ def _first_failure(bug: str, limit: int = 200) -> vopr.SimFailure:
         # The daemon as it was before journal identity (issue #11): a wiped,
         # replaced or restored journal's new ratings taken for held ones.
         ("no_journal_identity", {"ack_unstored", "lost"}),
+        # The uplink as it was before: one refused record stops its batch and
+        # every batch after it.
+        ("no_isolation", {"held", "lost", "liveness"}),
     ],
 )
 def test_broken_rule_is_caught_and_its_seed_replays(bug: str, invariants: set[str]) -> None:

@@ -27,6 +27,8 @@ Invariants, checked while running and at the end (engine.py):
 * ``rejected``       the receiver never rejects a batch (signature, order,
                      chain continuity, province rules)
 * ``chain``          the daemon's local hash chain verifies at the end
+* ``held``           a rating of a case the province refuses is held in the
+                     outbox (not at the receiver), and nothing else is
 * ``clock_flags``    with honest terminal clocks, no rating carries a clock
                      suspicion (a step of the daemon's clock flags nothing)
 * ``liveness``       after the faults stop, everything drains (journals empty)

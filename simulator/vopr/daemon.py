@@ -14,6 +14,7 @@ from haochaping.daemon import core as coremod
 from haochaping.daemon.clock import StepWatch
 from haochaping.daemon.store import NewRating, Store, Stored, Updates
 from haochaping.protocol import errors, serial
+from haochaping.simulator.vopr import province as province_actor
 from haochaping.simulator.vopr.world import EPOCH_MS
 
 if TYPE_CHECKING:
@@ -187,7 +188,8 @@ class Daemon:
         service_ms = EPOCH_MS + sim.now + sim.case_skew
         case = {
             "case_no": case_no,
-            "item_code": f"11440000MB2C{len(sim.cases) + 1:05d}",
+            "item_code": province_actor.REFUSED_ITEM if sim.rng.random() < sim.plan.refused_cases
+            else f"11440000MB2C{len(sim.cases) + 1:05d}",
             "item_name": "居民身份证换领",
             "dept_code": "440000",
             "dept_name": "市公安局",

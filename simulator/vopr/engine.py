@@ -92,7 +92,7 @@ class Sim:
         pdir = workdir / "province"
         (pdir / "keys").mkdir(parents=True)
         shutil.copy(keys_dir / keys.KEYRING / (info.key_id + ".pem"), pdir / "keys")
-        self.receiver = province.Store(pdir)
+        self.receiver = province.Store(pdir, refuse_task_codes=(province_actor.REFUSED_ITEM,))
         self.province_down = False
         self.keys_dir = str(keys_dir)
         # the hall
@@ -343,7 +343,11 @@ class Sim:
                 return False
         n = self.receiver.stats()["records"]
         stored = self.check_conn.execute("SELECT count(*) FROM ratings").fetchone()[0]
-        return bool(n == stored)
+        try:
+            held = self.check_conn.execute("SELECT count(*) FROM uplink_held").fetchone()[0]
+        except sqlite3.OperationalError:
+            held = 0
+        return bool(n + held == stored)
 
     def _backlog(self) -> str:
         parts = []
@@ -363,8 +367,13 @@ class Sim:
             if key in recs:
                 self.fail("duplicate", f"{_name(key)} reached the receiver twice")
             recs[key] = rec
+        held = self._held()
         for key, (level, reason, session) in sorted(self.confirmed.items()):
             rec = recs.get(key)
+            if key in held:
+                if rec is not None:
+                    self.fail("held", f"{_name(key)} of a refused case reached the receiver")
+                continue
             if rec is None:
                 self.fail("lost", f"THANKS shown for {_name(key)}, not at the receiver")
                 return
@@ -383,6 +392,26 @@ class Sim:
                 self.fail("chain", f"local chain breaks at rating id {bad}")
         self.stats["at_receiver"] = len(recs)
         self.stats["daemon_starts"] = self.daemon.starts
+
+    def _held(self) -> set[Attempt]:
+        """Ratings bound to a case the province refuses: each must be held
+        (withheld, alarmed) in the outbox, and the only ones held."""
+        rows = self.check_conn.execute(
+            "SELECT r.id, r.terminal_id, r.journal_id, r.seq, r.level, r.reason, r.flags,"
+            " coalesce(r.session, 0), r.device_time, r.uptime_ms, r.boot, c.item_code"
+            " FROM ratings r LEFT JOIN cases c ON c.id = r.case_id"
+        ).fetchall()
+        try:
+            held_ids = {r[0] for r in self.check_conn.execute(
+                "SELECT rating_id FROM uplink_held WHERE state = 'held'")}  # fmt: skip
+        except sqlite3.OperationalError:
+            held_ids = set()
+        refused = {r[0] for r in rows if r[11] == province_actor.REFUSED_ITEM}
+        if held_ids != refused:
+            self.fail("held", f"held ratings {sorted(held_ids)}, refused cases' ratings {sorted(refused)}")
+        if refused:
+            self.count("ratings_held", len(refused))
+        return {(r[1], r[2], r[3], tuple(r[4:11])) for r in rows if r[0] in refused}
 
     def _check_clock_flags(self, recs: dict[Attempt, dict[str, Any]]) -> None:
         """Honest terminals, clocks not skewed: no rating may carry a clock

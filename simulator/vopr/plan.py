@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-BUGS = ("ack_before_commit", "free_before_ack", "no_journal_identity")
+BUGS = ("ack_before_commit", "free_before_ack", "no_journal_identity", "no_isolation")
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Plan:
     replaces: int = 0  # a terminal's board swapped for a new one with the same id and key
     restores: int = 0  # a terminal's journal image put back from an older copy
     clock_steps: int = 0  # the daemon's clock is off, then NTP steps it to the true time
+    refused_cases: float = 0.0  # share of cases whose item code the province's list lacks
     batch_size: int = 5
     case_gap_ms: tuple[int, int] = (4000, 40_000)  # between two cases at one window
     faults: list[str] = field(default_factory=list)
@@ -117,4 +118,6 @@ class Plan:
             p.restores = rng.randint(1, 2)
         if on("daemon_clock_step"):
             p.clock_steps = rng.randint(1, 2)
+        if on("province_refuses_case"):
+            p.refused_cases = rng.uniform(0.05, 0.3)
         return p

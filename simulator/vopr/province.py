@@ -1,7 +1,9 @@
 """Actor: the province, in process -- the reference receiver's checks
 (``simulator.province.Store``) behind the uplink's sink interface -- and its
-faults: an outage (every delivery is refused) and an answer lost after the
-receiver committed the batch.
+faults: an outage (every delivery is refused), an answer lost after the
+receiver committed the batch, and a case it refuses for good (its item list
+lacks the case's item code: the uplink must hold that rating and deliver
+everything behind it, docs/uplink.md).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from typing import TYPE_CHECKING
 
 from haochaping.daemon.uplink import delivery
 from haochaping.simulator import province
+
+REFUSED_ITEM = "11440000MB2C-NOT-IN-LIST"  # an item code the province's list lacks
+REFUSED_CODES = ("task_refused",)  # the refusals a seed with that fault may see
 
 if TYPE_CHECKING:
     from haochaping.simulator.vopr.engine import Sim
@@ -33,8 +38,10 @@ class Sink:
         try:
             ack = sim.receiver.accept(body, sim.now)
         except province.Reject as e:
-            sim.fail("rejected", f"the receiver rejected batch: {e.code} {e}")
-            raise delivery.Rejected(e.status, str(e)) from e
+            if e.code not in REFUSED_CODES or not sim.plan.refused_cases:
+                sim.fail("rejected", f"the receiver rejected batch: {e.code} {e}")
+            sim.count("province_refused_record")
+            raise delivery.Rejected(e.status, json.dumps({"code": e.code, "error": str(e)})) from e
         sim.stats["batches_" + ack["status"]] += 1
         if sim.faulty and sim.rng.random() < sim.plan.ack_lost:
             sim.count("province_ack_lost")

@@ -46,6 +46,10 @@ class UplinkActor:
                 sink=Sink(sim),
             )  # fmt: skip
             self.runner.next_alarm_check = float("inf")  # no disk probes: not simulated
+            if sim.bug == "no_isolation":
+                # Test-only: the uplink as it was before issue #11, a batch the
+                # province refuses for one record is refused whole, retried forever.
+                self.runner.outbox.isolate = lambda *a, **k: None  # type: ignore[method-assign]
         self.runner.step()
 
     def close(self) -> None:

@@ -286,8 +286,8 @@ class Api:
         outcome = body.get("outcome")
         if not isinstance(outcome, str) or not 1 <= len(outcome) <= REVIEW_MAX or not outcome.strip():
             return _err(400, f"outcome is text of 1..{REVIEW_MAX} characters")
-        if any(ord(c) < 0x20 for c in outcome):
-            return _err(400, "outcome: control characters are not allowed")
+        if not cases.plain_text(outcome):
+            return _err(400, "outcome: control characters and lone surrogates are not allowed")
         if not 1 <= rid <= ID_MAX or not self.d.reader.conn.execute(
             "SELECT 1 FROM ratings WHERE id = ?", (rid,)
         ).fetchone():

@@ -71,6 +71,11 @@ class Case:
     timeout_s: int
 
 
+def plain_text(v: str) -> bool:
+    """No control characters, and valid Unicode (JSON may carry a lone surrogate)."""
+    return not any(ord(c) < 0x20 or 0xD800 <= ord(c) <= 0xDFFF for c in v)
+
+
 def _int(v: Any) -> bool:
     return type(v) is int  # JSON true/false are not numbers
 
@@ -99,8 +104,8 @@ def check(body: Any, now_ms: int, default_timeout_s: int) -> Case:
                 raise CaseError(k, f"the national item {nat} refuses it ({e.msg})") from None
         elif v is not None and len(v) > STAFF_ID_MAX:
             raise CaseError(k, f"at most {STAFF_ID_MAX} characters")
-        if v is not None and any(ord(c) < 0x20 for c in v):
-            raise CaseError(k, "control characters are not allowed")
+        if v is not None and not plain_text(v):
+            raise CaseError(k, "control characters and lone surrogates are not allowed")
         fields[k] = v
     if fields["area_code"] is not None and not AREA_CODE.match(fields["area_code"]):
         raise CaseError("area_code", "must be a 行政区划代码 of 6, 9 or 12 digits")
@@ -111,7 +116,9 @@ def check(body: Any, now_ms: int, default_timeout_s: int) -> Case:
         raise CaseError("service_ms", "must be after 2000-01-01 and at most a day ahead of now")
     fields["service_ms"] = service
     contact = body.get("contact")
-    if contact is not None and (not isinstance(contact, str) or len(contact) > CONTACT_MAX):
+    if contact is not None and (
+        not isinstance(contact, str) or len(contact) > CONTACT_MAX or not plain_text(contact)
+    ):
         raise CaseError("contact", f"must be text of at most {CONTACT_MAX} characters")
     timeout_s = body.get("timeout_s", default_timeout_s)
     if not _int(timeout_s) or not 1 <= timeout_s <= TIMEOUT_MAX_S:

@@ -81,6 +81,12 @@ REFUSAL_REASONS = (
     "checksum",
     "framing",
     "malformed",
+    "malformed_hello",
+    "malformed_rating",
+    "malformed_ratings",
+    "malformed_status",
+    "malformed_error",
+    "unknown_type",
     "direction",
     "wrong_source",
     "version",
@@ -92,7 +98,7 @@ class ArmError(Exception):
     """The window cannot be armed (no terminal, or it is offline)."""
 
 
-def refusal_reason(e: Exception) -> str:
+def refusal_reason(e: Exception, msg_type: int | None = None) -> str:
     if isinstance(e, errors.FrameTooLong):
         return "too_long"
     if isinstance(e, errors.ChecksumError):
@@ -107,6 +113,11 @@ def refusal_reason(e: Exception) -> str:
         return "direction"
     if isinstance(e, errors.FrameError):
         return "framing"
+    if isinstance(e, errors.UnknownType):
+        return "unknown_type"
+    cls = messages.TYPES.get(msg_type) if msg_type is not None else None
+    if isinstance(e, errors.MessageError) and cls is not None and not messages.is_down(cls.TYPE):
+        return "malformed_" + cls.NAME.lower()  # e.g. a HELLO with tail 0: malformed_hello
     return "malformed"
 
 
@@ -223,7 +234,7 @@ class Core:
         out = Output()
         self.count("frames_in")
         try:
-            _v, _t, tid, _c = frame.peek(data)
+            _v, mtype, tid, _c = frame.peek(data)
         except errors.ProtocolError as e:
             return self._refuse(out, refusal_reason(e))
         out.terminal_id = tid
@@ -247,7 +258,7 @@ class Core:
                 self.count("replay_hints")
             return self._refuse(out, "replay")
         except errors.ProtocolError as e:
-            return self._refuse(out, refusal_reason(e))
+            return self._refuse(out, refusal_reason(e, mtype))
         except Exception:  # a decoder bug must not stop the hall
             return self._refuse(out, "malformed")
         out.authentic = True

@@ -234,7 +234,7 @@ def test_an_authenticated_hello_with_tail_0_is_refused_and_the_hall_goes_on(tmp_
             + bytes(12) + bytes.fromhex("0010" "00000000" "00"))  # fmt: skip
     bad = body + auth.Key(KEY).tag(body)
     out = h.core.receive("pty", bad, T0 + h.now, bound=True)  # v1 raised MessageError here
-    assert out.refused == "malformed" and h.core.counters["refused_malformed"] == 1
+    assert out.refused == "malformed_hello" and h.core.counters["refused_malformed_hello"] == 1
     h.rate(5)
     h.drain()
     h.assert_every_thanks_stored_once()

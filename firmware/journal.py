@@ -107,13 +107,11 @@ def _new_id_default():
     try:
         import os
 
-        b = os.urandom(4)
-        v = (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]
+        return struct.unpack(">I", os.urandom(4))[0]
     except (ImportError, AttributeError, NotImplementedError):
         import random
 
-        v = random.getrandbits(32)
-    return v if v else 1
+        return random.getrandbits(32)
 
 
 def _sync_default():

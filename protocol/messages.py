@@ -151,12 +151,8 @@ class Hello(Message):
         _u(self.uptime_ms, 32, "uptime_ms")
         _u(self.flags, 8, "flags")
         _u(self.journal, 32, "journal")
-        if self.tail < 1:
-            raise MessageError("journal tail is a seq: 1 or more")
-        if self.tail > self.head:
-            raise MessageError("journal tail is past its head")
-        if self.acked >= self.tail:
-            raise MessageError("acknowledged seq is not below the journal tail")
+        if not self.acked < self.tail <= self.head or self.tail < 1:
+            raise MessageError("journal seqs must be acked < tail <= head, tail >= 1")
         return self
 
     def payload(self):
@@ -252,9 +248,8 @@ class Rating(Message):
 
     def payload(self):
         buf = bytearray(JOURNAL_LEN + RECORD_LEN)
-        _u(self.journal, 32, "journal")
+        self.pack_into(buf, JOURNAL_LEN)  # checks every field, the journal id too
         struct.pack_into(">I", buf, 0, self.journal)
-        self.pack_into(buf, JOURNAL_LEN)
         return bytes(buf)
 
     @classmethod
@@ -291,25 +286,19 @@ class Ratings(Message):
     def check(self):
         if not 1 <= len(self.records) <= MAX_RECORDS:
             raise MessageError("RATINGS carries 1..%d records" % MAX_RECORDS)
-        j = None
         for r in self.records:
-            if not isinstance(r, Rating):
-                raise MessageError("RATINGS carries Rating records")
-            if j is None:
-                j = r.journal
-            elif r.journal != j:
-                raise MessageError("the records of one RATINGS come from one journal")
+            if not isinstance(r, Rating) or r.journal != self.records[0].journal:
+                raise MessageError("RATINGS carries Rating records of one journal")
         return self
 
     def payload(self):
         self.check()
-        _u(self.journal, 32, "journal")
         buf = bytearray(JOURNAL_LEN + 1 + RECORD_LEN * len(self.records))
-        struct.pack_into(">IB", buf, 0, self.journal, len(self.records))
         off = JOURNAL_LEN + 1
         for r in self.records:
-            r.pack_into(buf, off)
+            r.pack_into(buf, off)  # checks every field, the journal id too
             off += RECORD_LEN
+        struct.pack_into(">IB", buf, 0, self.journal, len(self.records))
         return bytes(buf)
 
     @classmethod

@@ -257,6 +257,8 @@ class Api:
         for r in rows:
             r["online"] = self.d.core.online(r["id"], t)
             r["id"] = "{:08x}".format(r["id"])
+            if r["journal_id"] is not None:
+                r["journal_id"] = "{:08x}".format(r["journal_id"])
         return web.json_response({"terminals": rows})
 
     def _int(self, request: web.Request, name: str, default: int, hi: int) -> int:

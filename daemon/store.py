@@ -350,11 +350,19 @@ class Store:
                 ", ".join("t." + c for c in cols)
             )
         ).fetchall()
+        last: dict[int, dict[str, Any]] = {}
+        for e in self.conn.execute(
+            "SELECT e.terminal_id, e.at_ms, e.kind, e.journal_id, e.detail FROM terminal_events e"
+            " JOIN (SELECT terminal_id, max(id) AS id FROM terminal_events GROUP BY terminal_id) m"
+            " ON m.id = e.id"
+        ):
+            last[e[0]] = {"at_ms": e[1], "kind": e[2], "journal_id": "{:08x}".format(e[3]), "detail": e[4]}
         out = []
         for r in rows:
             d = dict(zip(cols, r[: len(cols)], strict=True))
             d["high_seq"] = r[len(cols)] or 0
             d["journals"] = r[len(cols) + 1]
+            d["last_event"] = last.get(d["id"])  # a new journal, an older image, ...
             out.append(d)
         return out
 

@@ -170,6 +170,9 @@ def test_a_wiped_journal_loses_no_rating(tmp_path: Path) -> None:
     assert h.t.link.epoch > 1  # moved above the daemon's replay guard
     kinds = [e["kind"] for e in h.store.terminal_events(TID)]
     assert kinds == ["journal_new", "journal_new"]
+    (row,) = [r for r in h.store.terminals() if r["id"] == TID]
+    assert row["last_event"]["kind"] == "journal_new" and row["journals"] == 2
+    assert "previous journal" in row["last_event"]["detail"]
 
 
 def test_a_board_replaced_with_the_same_id_and_key_loses_no_rating(tmp_path: Path) -> None:
@@ -224,6 +227,9 @@ def test_a_restored_journal_image_loses_no_rating_and_counts_none_twice(tmp_path
     assert forks == [(5,), (6,)]
     kinds = [e["kind"] for e in h.store.terminal_events(TID)]
     assert "journal_behind" in kinds
+    # the terminal's status (GET /v1/terminals) names what happened last
+    (row,) = [r for r in h.store.terminals() if r["id"] == TID]
+    assert row["last_event"]["kind"] == kinds[-1] and row["journals"] == 1
 
 
 def test_an_authenticated_hello_with_tail_0_is_refused_and_the_hall_goes_on(tmp_path: Path) -> None:

@@ -77,6 +77,12 @@ def test_broken_rule_is_caught_and_its_seed_replays(bug: str, invariants: set[st
     vopr.run(f.seed)
 
 
+def test_the_cli_offers_every_bug_switch() -> None:
+    from haochaping.cli.sim import SIM_BUGS
+
+    assert SIM_BUGS == vopr.BUGS
+
+
 def test_a_seed_is_deterministic() -> None:
     a = vopr.run(7).as_dict()
     b = vopr.run(7).as_dict()

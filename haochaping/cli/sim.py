@@ -12,6 +12,10 @@ from typing import Any
 
 import click
 
+# The simulator's test-only bug switches (vopr.plan.BUGS; a test keeps the two
+# equal, so that `hcp` starts without importing the simulator).
+SIM_BUGS = ("ack_before_commit", "free_before_ack", "no_journal_identity", "no_isolation")
+
 
 @click.group("sim", invoke_without_command=True)
 @click.option(
@@ -224,7 +228,7 @@ def _print_summary(s, details, ok) -> None:  # type: ignore[no-untyped-def]
 @click.option("--jobs", "-j", default=1, show_default=True, help="Processes to run seeds in.")
 @click.option("--per-seed", is_flag=True,
               help="Print one outcome line per seed (JSON with --json), in seed order, to compare runs.")  # fmt: skip
-@click.option("--bug", type=click.Choice(["ack_before_commit", "free_before_ack", "no_journal_identity"]), default=None,
+@click.option("--bug", type=click.Choice(list(SIM_BUGS)), default=None,
               hidden=True, help="Test-only: break one rule on purpose.")  # fmt: skip
 def check_cmd(
     n: int | None, first: int | None, as_json: bool, keep: str | None, jobs: int,

@@ -122,7 +122,7 @@ class MqttTransport:
             source = f"mqtt:{parsed[0]:08x}"
             if len(self._sources) < TOPIC_CACHE_MAX:
                 self._sources[topic] = source
-        self.inbox.put(Received(source, m.payload, True, self))
+        self.inbox.put(Received(source, bytes(m.payload), True, self))
 
     # the network loop: driven by the daemon's asyncio loop, supervised
 

@@ -69,6 +69,8 @@ def build(out: Path) -> dict:
 
     compile_one(Path(haochaping.__file__), lib / "__init__.mpy")
     for part, pkg in (("protocol", _proto), ("firmware", _fw)):
+        if pkg.__file__ is None:
+            raise BundleError(f"haochaping.{part} is not installed as a package")
         src_dir = Path(pkg.__file__).parent
         for src in sorted(src_dir.glob("*.py")):
             if src.stem in HOST_ONLY[part]:

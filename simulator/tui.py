@@ -203,8 +203,8 @@ def run(
             pressed = sum(len(vt.confirmed) for vt in h.vts)
             end = time.monotonic() + DRAIN_S
             while time.monotonic() < end:
-                s = h.snapshot("draining")
-                if s.acknowledged >= pressed and s.stored >= pressed:
+                snap = h.snapshot("draining")
+                if snap.acknowledged >= pressed and snap.stored >= pressed:
                     break
                 live.update(tui.render(), refresh=True)
                 time.sleep(0.1)

@@ -49,3 +49,17 @@ def test_a_wrong_way_import_fails_and_is_named(
     assert res.returncode != 0
     assert "BROKEN" in res.stdout
     assert named in res.stdout, res.stdout
+
+
+def test_mypy_sees_the_types_across_the_namespace(tmp_path: Path) -> None:
+    """On the staged namespace mypy resolves ``haochaping.protocol`` from the
+    daemon (read from the source tree, every such import was a missing module,
+    so Any): a wrong use of a protocol type is found and named at its source path."""
+    staged = _staged(tmp_path)
+    res = layers.mypy(staged)
+    assert res.returncode == 0, res.stdout + res.stderr
+    target = staged / "haochaping" / "daemon" / "core.py"
+    target.write_text(target.read_text("utf-8") + "\n_probe: int = messages.RECORD_LEN + 'x'  # wrong\n", "utf-8")
+    res = layers.mypy(staged)
+    assert res.returncode != 0
+    assert "daemon/core.py:" in res.stdout and "Unsupported operand types" in res.stdout, res.stdout

@@ -305,7 +305,7 @@ def build(
     body = canonical.with_member(signed, "signature", sig)
     return Built(
         seq=seq,
-        batch_id=header["batchId"],
+        batch_id=str(header["batchId"]),
         hash=hashlib.sha256(signed).hexdigest(),
         body=body,
         first_id=int(rows[0]["id"]) if rows else prev_last_id + 1,

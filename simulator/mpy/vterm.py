@@ -57,7 +57,7 @@ _state = {}  # type: dict
 def start(tid, key_hex, journal_path):
     b = Board(journal_path)
     link = HostPort()
-    b.transport = links.SerialTransport(link)
+    b.transport = links.SerialTransport(link)  # type: ignore[assignment]  # the board's slot takes any transport
     t = terminal.Terminal(b, tid, Key(binascii.unhexlify(key_hex)), capacity=2000)
     _state["t"] = t
     _state["b"] = b

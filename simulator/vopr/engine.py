@@ -362,22 +362,22 @@ class Sim:
         recs: dict[Attempt, dict[str, Any]] = {}
         for rec in self.receiver.records(HALL):
             o = rec["origin"]
-            key = (o["terminal_id"], o["journal_id"], o["seq"], (o["level"], o["reason"], o["flags"],
+            key: Attempt = (o["terminal_id"], o["journal_id"], o["seq"], (o["level"], o["reason"], o["flags"],
                    o["session"] or 0, o["device_time"], o["uptime_ms"], o["boot"]))  # fmt: skip
             if key in recs:
                 self.fail("duplicate", f"{_name(key)} reached the receiver twice")
             recs[key] = rec
         held = self._held()
         for key, (level, reason, session) in sorted(self.confirmed.items()):
-            rec = recs.get(key)
+            got = recs.get(key)
             if key in held:
-                if rec is not None:
+                if got is not None:
                     self.fail("held", f"{_name(key)} of a refused case reached the receiver")
                 continue
-            if rec is None:
+            if got is None:
                 self.fail("lost", f"THANKS shown for {_name(key)}, not at the receiver")
                 return
-            self._check_binding(key, rec, level, reason, session)
+            self._check_binding(key, got, level, reason, session)
         for key, rec in sorted(recs.items()):
             att = self.attempts.get(key)
             if att is None:

@@ -356,7 +356,7 @@ class Store:
             " JOIN (SELECT terminal_id, max(id) AS id FROM terminal_events GROUP BY terminal_id) m"
             " ON m.id = e.id"
         ):
-            last[e[0]] = {"at_ms": e[1], "kind": e[2], "journal_id": "{:08x}".format(e[3]), "detail": e[4]}
+            last[e[0]] = {"at_ms": e[1], "kind": e[2], "journal_id": f"{e[3]:08x}", "detail": e[4]}
         out = []
         for r in rows:
             d = dict(zip(cols, r[: len(cols)], strict=True))

@@ -10,7 +10,13 @@ import urllib.error
 import urllib.request
 
 import pytest
-from haochaping.daemon.bench.harness import DaemonProcess, Mosquitto, free_port, provision, write_config
+from haochaping.daemon.bench.harness import (
+    DaemonProcess,
+    Mosquitto,
+    free_port,
+    provision,
+    write_config,
+)
 from haochaping.daemon.bench.peers import FakeTerminal, MqttHub, drive, make_key
 from haochaping.daemon.cases import CASE_FIELDS, NATIONAL
 from haochaping.daemon.uplink.schema import TEXT_MAX

@@ -216,6 +216,8 @@ class Built:
     annotation_ids: tuple[int, ...] = ()
     withheld_ids: tuple[int, ...] = ()
     late_ids: tuple[int, ...] = ()
+    # rating id -> why its record could not be built (it went as withheld)
+    unbuildable: Mapping[int, str] = field(default_factory=dict)
 
 
 def withheld_entry(row: Mapping[str, Any], reason: str) -> dict[str, Any]:
@@ -267,8 +269,11 @@ def build(
     previous batch (the range of an annotations-only batch is empty after it).
     ``held``: rating id -> reason for rows sent as ``withheld`` entries (their
     chain value only); ``late``: earlier withheld rows released by a person,
-    sent in full (each with ``late_cases``/flags as for records: the caller
-    passes them through ``cases``/``flags``).
+    sent in full (their cases and flags in ``cases``/``flags`` as for rows).
+    A row whose record cannot be built or fails the record schema (a stored
+    value the province could not take) goes as withheld too, reason
+    ``unbuildable``, and is named in ``Built.unbuildable``: one bad row never
+    stops the uplink.
     """
     held = held or {}
     if not rows and not annotations and not late:
@@ -279,13 +284,27 @@ def build(
         raise ValueError(f"at most {schema.MAX_RECORDS} ratings per batch")
     end = check_chain(chain_prev, rows)
 
-    def rec(r: Mapping[str, Any]) -> dict[str, Any]:
-        case = cases.get(r["case_id"]) if r["case_id"] is not None else None
-        return build_record(r, case, flags.get(r["id"], ()), cfg)
+    bad: dict[int, str] = {}
 
-    records = [rec(r) for r in rows if r["id"] not in held]
-    withheld = [withheld_entry(r, held[r["id"]]) for r in rows if r["id"] in held]
-    late_recs = [rec(r) for r in late]
+    def rec(r: Mapping[str, Any]) -> dict[str, Any] | None:
+        case = cases.get(r["case_id"]) if r["case_id"] is not None else None
+        try:
+            out = build_record(r, case, flags.get(r["id"], ()), cfg)
+            schema.validate_record(out)
+        except Exception as e:  # noqa: BLE001 - whatever a stored row holds, hold it
+            bad[int(r["id"])] = f"{type(e).__name__}: {e}"[:500]
+            return None
+        return out
+
+    records: list[dict[str, Any]] = []
+    withheld: list[dict[str, Any]] = []
+    for r in rows:
+        x = None if r["id"] in held else rec(r)
+        if x is not None:
+            records.append(x)
+        else:
+            withheld.append(withheld_entry(r, held.get(r["id"], "unbuildable")))
+    late_recs = [x for x in map(rec, late) if x is not None]
     kid = keys.key_id(key.public_key())
     header = {
         "format": schema.FORMAT,
@@ -316,6 +335,7 @@ def build(
         annotation_ids=tuple(a["annotationId"] for a in anns),
         withheld_ids=tuple(w["ratingId"] for w in withheld),
         late_ids=tuple(r["ratingId"] for r in late_recs),
+        unbuildable=bad,
     )
 
 

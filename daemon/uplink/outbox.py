@@ -210,7 +210,7 @@ class Outbox:
             if len(rows) < max_records and not force and not late:
                 return None
             new_last = rows[-1]["id"] if rows else last_id
-            held = self._held_in(rows, cfg, now_ms)
+            held = self._held_in(rows)
             carried, send = self._waiting_annotations(rows, new_last)
             if not rows and not send and not late:
                 return None
@@ -258,6 +258,10 @@ class Outbox:
                 )
             except batchmod.BatchError as e:
                 raise OutboxError(f"refusing to sign: {e} (run `hcp audit verify`)") from e
+            for rid, err in built.unbuildable.items():
+                self._hold(rid, "unbuildable", err, now_ms)
+            if not rows and not send and not built.late_ids:
+                return None  # only released ratings, and none of them buildable: held again
             self.conn.execute(
                 "INSERT INTO uplink_batches (seq, batch_id, hash, key_id, created_ms,"
                 " first_rating_id, last_rating_id, count, chain_end, body)"
@@ -289,31 +293,19 @@ class Outbox:
 
     # -- held ratings (the policy of docs/uplink.md, "When the province refuses") --
 
-    def _held_in(self, rows: list[Any], cfg: batchmod.RecordConfig, now_ms: int) -> dict[int, str]:
-        """Rating id -> reason for the rows of a batch that go as withheld
-        entries: those held before, and any that cannot be built now (held
-        here, with the error, so that one bad row never stops the uplink)."""
+    def _held_in(self, rows: list[Any]) -> dict[int, str]:
+        """Rating id -> reason for the rows of a batch held before: they go as
+        withheld entries (a row that cannot be built is found, and held, by
+        ``batch.build``)."""
         if not rows:
             return {}
-        held = {
+        return {
             int(rid): str(reason)
             for rid, reason in self.conn.execute(
                 "SELECT rating_id, reason FROM uplink_held WHERE rating_id BETWEEN ? AND ?",
                 (rows[0]["id"], rows[-1]["id"]),
             )
         }
-        for r in rows:
-            if r["id"] in held:
-                continue
-            case = None
-            if r["case_id"] is not None:
-                case = self.conn.execute("SELECT * FROM cases WHERE id = ?", (r["case_id"],)).fetchone()
-            try:
-                batchmod.schema.validate_record(batchmod.build_record(r, case, (), cfg))
-            except Exception as e:  # noqa: BLE001 - whatever a stored row holds, hold it
-                self._hold(int(r["id"]), "unbuildable", f"{type(e).__name__}: {e}", now_ms)
-                held[int(r["id"])] = "unbuildable"
-        return held
 
     def _released(self) -> list[Any]:
         return self.conn.execute(

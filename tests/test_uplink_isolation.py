@@ -152,6 +152,7 @@ def test_a_row_the_uplink_cannot_build_is_held_and_the_uplink_keeps_running(tmp_
         assert ids_at(r) == set(range(1, 21)) - {4, 10, 16}
     held = {h["rating_id"]: h for h in runner.held(db)}
     assert set(held) == {4, 10, 16} and all(h["reason"] == "unbuildable" for h in held.values())
+    assert "records_held" in runner.status(db)["alarms"]  # raised when it was found
     rep = audit.verify(db, keys.Keyring.load(tmp_path / "keys"))
     assert rep.ok
 

@@ -218,6 +218,10 @@ class Uplink:
             )
             if built is None:
                 break
+            if built.unbuildable:
+                ids = ", ".join(str(i) for i in sorted(built.unbuildable))
+                self._alarm("records_held", f"batch {built.seq}: rating(s) {ids} cannot be built,"
+                            f" held (hcp uplink held): {next(iter(built.unbuildable.values()))}")  # fmt: skip
             log.debug("cut batch %d (%d ratings)", built.seq, built.count)
             n += 1
         return n

@@ -75,6 +75,7 @@ CLOCK_STEPS_KEPT = 16  # the daemon's own clock steps remembered (and persisted)
 
 REFUSAL_REASONS = (
     "unknown_terminal",
+    "retired",
     "auth",
     "replay",
     "too_long",
@@ -91,7 +92,7 @@ REFUSAL_REASONS = (
     "wrong_source",
     "version",
 )
-EVENT_KINDS = ("journal_new", "journal_switch", "journal_behind")
+EVENT_KINDS = ("journal_new", "journal_switch", "journal_behind", "rekeyed")
 
 
 class ArmError(Exception):
@@ -169,6 +170,12 @@ class _Peer:
         self.no_case: deque[int] = deque()
         self.source: str | None = None
         self.epoch_dirty = False
+        # rekey: the key before it, accepted until a frame under the new one
+        # arrives; the down link uses whichever key the terminal last used
+        self.prev_key: Key | None = Key(rec.prev_key) if rec.prev_key is not None else None
+        self.new_key = key
+        if self.prev_key is not None:
+            self.down.key = self.prev_key
         self.last_hint = -REPLAY_HINT_MS
         self.synced_at_step: int | None = None  # core.step_total when TIME was last sent
         self.need_time = False  # the daemon's clock stepped: send TIME at the next frame
@@ -181,8 +188,10 @@ class Core:
         sessions: Sequence[Session] = (),
         config: Sequence[tuple[int, int]] = (),
         clock_steps: Sequence[tuple[int, int]] = (),
+        retired: Sequence[int] = (),
     ) -> None:
         self.peers: dict[int, _Peer] = {tid: _Peer(r) for tid, r in terminals.items()}
+        self.retired: set[int] = set(retired) - set(self.peers)  # revoked: refused as 'retired'
         self.by_window: dict[str, int] = {
             p.window_no: tid for tid, p in self.peers.items() if p.window_no
         }
@@ -198,8 +207,11 @@ class Core:
                 self._upd(tid)["down_epoch"] = r.down_epoch
         self.source_of: dict[str, int] = {}  # serial source -> terminal id it carries
 
-    def update_terminals(self, terminals: dict[int, TerminalRecord]) -> int:
-        """After a reload: add new terminals, take new windows and keys; return how many were added."""
+    def update_terminals(self, terminals: dict[int, TerminalRecord], retired: Sequence[int] = ()) -> int:
+        """After a change of the terminals (a reload, ``hcp terminal``): add new
+        terminals, take new windows and keys, drop retired ones; return how
+        many were added.  A new key (rekey) keeps the links' counters: the old
+        key stays accepted until the terminal uses the new one."""
         added = 0
         for tid, rec in terminals.items():
             p = self.peers.get(tid)
@@ -208,15 +220,45 @@ class Core:
                 added += 1
             else:
                 p.window_no = rec.window_no
-                if p.up.key._key != rec.key:
-                    fresh = _Peer(rec)
-                    p.up, p.down = fresh.up, fresh.down
+                if p.new_key._key != rec.key:
+                    old = p.up.key
+                    p.new_key = p.up.key = Key(rec.key)
+                    if rec.prev_key is not None:
+                        p.prev_key = Key(rec.prev_key) if rec.prev_key != old._key else old
+                        p.down.key = p.prev_key  # until the terminal speaks under the new key
+                    else:
+                        p.prev_key, p.down.key = None, p.new_key
                 for jid, high in rec.journals.items():
                     p.highs[jid] = max(p.highs.get(jid, 0), high)
         for tid in [t for t in self.peers if t not in terminals]:
             del self.peers[tid]
+        self.retired = set(retired) - set(self.peers)
         self.by_window = {p.window_no: tid for tid, p in self.peers.items() if p.window_no}
         return added
+
+    def _open(self, peer: _Peer, data: bytes, now_ms: int) -> frame.Frame:
+        """Open an up frame under the terminal's key; after a rekey, under the
+        previous key too, until a frame under the new one arrives."""
+        try:
+            f = peer.up.open(data)
+        except errors.AuthError:
+            if peer.prev_key is None:
+                raise
+            peer.up.key = peer.prev_key
+            try:
+                f = peer.up.open(data)  # raises as any frame would
+            finally:
+                peer.up.key = peer.new_key
+            self.count("frames_previous_key")
+            peer.down.key = peer.prev_key
+            return f
+        if peer.prev_key is not None:
+            # the terminal holds its new key: the old one is forgotten, durably
+            peer.prev_key = None
+            peer.down.key = peer.new_key
+            self._upd(peer.id)["prev_key"] = None
+            self._event(peer, now_ms, "rekeyed", peer.journal, "the terminal uses its new key")
+        return f
 
     # ------------------------------------------------------------ metrics
 
@@ -240,13 +282,13 @@ class Core:
         out.terminal_id = tid
         peer = self.peers.get(tid)
         if peer is None:
-            return self._refuse(out, "unknown_terminal")
+            return self._refuse(out, "retired" if tid in self.retired else "unknown_terminal")
         if bound:
             owner = self.source_of.get(source)
             if owner is not None and owner != tid:
                 return self._refuse(out, "wrong_source")
         try:
-            f = peer.up.open(data)
+            f = self._open(peer, data, now_ms)
         except errors.ReplayError:
             # Authentic (the tag is checked first) but behind: a terminal whose
             # boot count went back.  Tell it where the counters stand.

@@ -203,6 +203,32 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        # Technician tooling (hcp terminal): a terminal is provisioned for a
+        # window, may move to another board (replace), be retired (its key
+        # revoked: frames under it are refused, 'retired') or rekeyed (the old
+        # key is still accepted until the terminal uses the new one).  Windows
+        # keep their history: which terminal served which window when.
+        "0003_terminal_lifecycle",
+        """
+        ALTER TABLE terminals ADD COLUMN retired_ms INTEGER;      -- set: the key is revoked
+        ALTER TABLE terminals ADD COLUMN prev_key BLOB;           -- the key before a rekey, until unused
+        ALTER TABLE terminals ADD COLUMN rekeyed_ms INTEGER;
+        ALTER TABLE terminals ADD COLUMN transport TEXT;          -- serial | mqtt, as provisioned
+        CREATE TABLE terminal_windows (
+            terminal_id INTEGER NOT NULL,
+            window_no TEXT NOT NULL,
+            from_ms INTEGER NOT NULL,
+            to_ms INTEGER,              -- NULL: serves it now
+            PRIMARY KEY (terminal_id, window_no, from_ms)
+        );
+        CREATE INDEX terminal_windows_window ON terminal_windows(window_no, from_ms);
+        INSERT INTO terminal_windows (terminal_id, window_no, from_ms)
+        SELECT id, window_no, coalesce(created_ms, 0) FROM terminals WHERE window_no IS NOT NULL;
+        INSERT OR IGNORE INTO meta (name, value) VALUES ('terminals_version', 0);
+        INSERT OR IGNORE INTO meta (name, value) VALUES ('terminals_applied', 0);
+        """,
+    ),
 ]
 
 # Migrations that rebuild a table others reference: run with foreign keys off

@@ -94,6 +94,7 @@ class Daemon:
             "store_full_events": 0,
             "send_failures": 0,
             "reloads": 0,
+            "terminal_reloads": 0,
             "frames_waiting_for_store": 0,
         }
         self.store_down: str | None = None  # why the store could not be opened (a full disk)
@@ -107,6 +108,7 @@ class Daemon:
         self.store: Store | None = None
         self.reader: Store | None = None
         self.core: Core | None = None
+        self.terminals_seen = 0  # meta 'terminals_version' the core holds
         self.cipher: ContactCipher | None = None
         self.inbox: Inbox | None = None
         self.alerts: AlertHub | None = None
@@ -142,7 +144,9 @@ class Daemon:
                 t - SESSION_KEEP_MS
             )
         ]
-        self.core = Core(terms, sessions, cfg.terminal_settings, self.store.clock_steps())
+        self.core = Core(terms, sessions, cfg.terminal_settings, self.store.clock_steps(),
+                         sorted(self.store.retired_ids()))  # fmt: skip
+        self.terminals_seen = self.store.terminals_version()[0]
         log.info(
             "store %s open: %d terminals, %d ratings",
             cfg.db_path,
@@ -273,6 +277,7 @@ class Daemon:
                     # Give the WAL back what a checkpoint can: its space is
                     # reused, so little freed room is enough to go on.
                     await self._on_store(self.store.checkpoint, "PASSIVE")
+                await self._watch_terminals()
                 for tr in list(self.transports.values()):
                     tr.supervise()
                 if self.notifier.watchdog_s is not None:
@@ -283,6 +288,31 @@ class Daemon:
             if self.reload_requested:
                 self.reload_requested = False
                 await self._reload()
+
+    async def _watch_terminals(self) -> None:
+        """``hcp terminal`` changed the terminals table (provision, replace,
+        retire, rekey: meta 'terminals_version'): take the change up now, with
+        no restart, and record the version applied (the command waits for it)."""
+        if self.reader is None or self.store is None or self.core is None:
+            return
+        try:
+            version, applied = self.reader.terminals_version()
+        except sqlite3.Error as e:
+            log.warning("cannot read the terminals version: %s", e)
+            return
+        if version == self.terminals_seen and applied == version:
+            return
+        terms = await self._on_store(self.store.start_terminals, False)
+        retired = await self._on_store(self.store.retired_ids)
+        added = self.core.update_terminals(terms, sorted(retired))
+        self.terminals_seen = version
+        self.metrics["terminal_reloads"] += 1
+        log.info("terminals changed (version %d): %d terminals, %d new, %d retired",
+                 version, len(terms), added, len(retired))  # fmt: skip
+        try:
+            await self._on_store(self.store.set_terminals_applied, version)
+        except StoreError as e:  # a full disk: applied anyway, the command is told later
+            log.warning("cannot record the terminals version applied: %s", e)
 
     def _watch_clock(self) -> None:
         """A step of the wall clock (NTP, an operator) goes to the core, which
@@ -403,7 +433,7 @@ class Daemon:
             self.notifier.ready(self._status())
             return  # the store is not open yet: it reads the terminals when it opens
         terms = await self._on_store(self.store.start_terminals)
-        added = self.core.update_terminals(terms)
+        added = self.core.update_terminals(terms, sorted(await self._on_store(self.store.retired_ids)))
         self.core.config = list(cfg.terminal_settings)
         self._start_transports()
         if self.alerts is not None:
@@ -459,11 +489,14 @@ class Daemon:
                [("", c.get("time_drift", 0))])  # fmt: skip
         metric("hcp_terminal_events_total", "counter",
                "Terminal events: a new journal (wiped or replaced board), a switch back to a known one, "
-               "an older journal image (journal_behind).",
+               "an older journal image (journal_behind), a new key taken up (rekeyed).",
                [(f'{{kind="{k}"}}', c.get("event_" + k, 0)) for k in EVENT_KINDS])  # fmt: skip
         metric("hcp_ratings_forked_total", "counter",
                "Ratings stored as forks: other content under a held (terminal, journal, seq).",
                [("", c.get("ratings_forked", 0))])  # fmt: skip
+        metric("hcp_frames_previous_key_total", "counter",
+               "Frames accepted under a terminal's previous key, after a rekey, before it used the new one.",
+               [("", c.get("frames_previous_key", 0))])  # fmt: skip
         metric("hcp_replay_hints_total", "counter",
                "ERROR REPLAY answers to authentic frames below the replay guard (epoch catch-up).",
                [("", c.get("replay_hints", 0))])  # fmt: skip
@@ -539,6 +572,9 @@ class Daemon:
             "SIGHUP reloads applied.",
             [("", self.metrics["reloads"])],
         )
+        metric("hcp_terminal_changes_applied_total", "counter",
+               "Changes of the terminals (hcp terminal provision, replace, retire, rekey) taken up.",
+               [("", self.metrics["terminal_reloads"])])  # fmt: skip
         return "\n".join(lines) + "\n"
 
 

@@ -46,6 +46,10 @@ class StoreFull(StoreError):
     """The disk (or the configured size limit) is full: nothing was committed."""
 
 
+class TerminalError(StoreError):
+    """A terminal operation that cannot be done as asked (the message says why)."""
+
+
 _RATING_COLS = (
     "id",
     "terminal_id",
@@ -85,6 +89,7 @@ _TERMINAL_UPDATABLE = (
     "high_seq",
     "alarms",
     "journal_id",
+    "prev_key",  # cleared by the core once the terminal uses its new key (rekey)
 )
 # The columns of a record's content: a second record under the same
 # (terminal, journal, seq) with other content is a fork, not a duplicate.
@@ -186,6 +191,7 @@ class TerminalRecord:
     journals: dict[int, int] = field(default_factory=dict)  # journal id -> highest seq stored
     distrust: dict[int, tuple[int, int]] = field(default_factory=dict)  # journal -> (boot below, seq from)
     epoch_saved: bool = True  # False: down_epoch is new but not yet durable (a full disk at start)
+    prev_key: bytes | None = field(default=None, repr=False)  # the key before a rekey, until unused
 
 
 def _is_full(e: sqlite3.Error) -> bool:
@@ -276,30 +282,175 @@ class Store:
 
     # ------------------------------------------------------------ terminals
 
+    # Every change of the terminals table bumps meta 'terminals_version' in the
+    # same transaction; a running daemon polls it every tick and loads the
+    # terminals again (no restart, no SIGHUP), then records the version it
+    # applied in 'terminals_applied' (``hcp terminal`` waits for that).
+
+    def _bump_terminals(self) -> int:
+        self.conn.execute(
+            "INSERT INTO meta (name, value) VALUES ('terminals_version', 1)"
+            " ON CONFLICT(name) DO UPDATE SET value = value + 1"
+        )
+        return int(self.conn.execute(
+            "SELECT value FROM meta WHERE name = 'terminals_version'").fetchone()[0])  # fmt: skip
+
+    def terminals_version(self) -> tuple[int, int]:
+        """(version of the terminals table, version the running daemon applied)."""
+        v = dict(self.conn.execute(
+            "SELECT name, value FROM meta WHERE name IN ('terminals_version', 'terminals_applied')"))  # fmt: skip
+        return int(v.get("terminals_version") or 0), int(v.get("terminals_applied") or 0)
+
+    def set_terminals_applied(self, version: int) -> None:
+        with self._tx():
+            self.conn.execute(
+                "INSERT INTO meta (name, value) VALUES ('terminals_applied', ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = excluded.value", (version,))  # fmt: skip
+
+    def _window_to(self, terminal_id: int, window_no: str | None, now_ms: int) -> None:
+        """Terminal ``terminal_id`` serves ``window_no`` (None: no window) from now."""
+        c = self.conn
+        row = c.execute("SELECT window_no FROM terminals WHERE id = ?", (terminal_id,)).fetchone()
+        if row is not None and row[0] == window_no:
+            return
+        c.execute("UPDATE terminal_windows SET to_ms = ? WHERE terminal_id = ? AND to_ms IS NULL",
+                  (now_ms, terminal_id))  # fmt: skip
+        c.execute("UPDATE terminals SET window_no = ? WHERE id = ?", (window_no, terminal_id))
+        if window_no is not None:
+            c.execute("INSERT OR IGNORE INTO terminal_windows (terminal_id, window_no, from_ms)"
+                      " VALUES (?, ?, ?)", (terminal_id, window_no, now_ms))  # fmt: skip
+
     def add_terminal(
-        self, terminal_id: int, key: bytes, window_no: str | None, now_ms: int
-    ) -> None:
+        self, terminal_id: int, key: bytes, window_no: str | None, now_ms: int,
+        transport: str | None = None,
+    ) -> None:  # fmt: skip
+        """Insert or update a terminal's key and window (``hcp daemon add-terminal``).
+        A window another active terminal serves is refused (TerminalError)."""
         if len(key) != 32:
             raise StoreError("a terminal key is 32 bytes")
         with self._tx():
+            if window_no is not None:
+                other = self.terminal_for_window(window_no)
+                if other is not None and other != terminal_id:
+                    raise TerminalError(f"window {window_no} is served by terminal {other:08x}"
+                                        " (hcp terminal replace, or retire it first)")  # fmt: skip
+            row = self.conn.execute("SELECT retired_ms FROM terminals WHERE id = ?", (terminal_id,)).fetchone()
+            if row is not None and row[0] is not None:
+                raise TerminalError(f"terminal {terminal_id:08x} is retired: its id is never used again")
             self.conn.execute(
-                "INSERT INTO terminals (id, key, window_no, created_ms) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET key=excluded.key, window_no=excluded.window_no",
-                (terminal_id, key, window_no, now_ms),
-            )
+                "INSERT INTO terminals (id, key, created_ms, transport) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET key = excluded.key,"
+                " transport = coalesce(excluded.transport, transport)",
+                (terminal_id, key, now_ms, transport),
+            )  # fmt: skip
+            self._window_to(terminal_id, window_no, now_ms)
+            self._bump_terminals()
 
-    def start_terminals(self) -> dict[int, TerminalRecord]:
+    def terminal_for_window(self, window_no: str) -> int | None:
+        """The active terminal serving ``window_no``, if any."""
+        row = self.conn.execute(
+            "SELECT id FROM terminals WHERE window_no = ? AND retired_ms IS NULL AND enabled = 1",
+            (window_no,),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def terminal_exists(self, terminal_id: int) -> bool:
+        return self.conn.execute("SELECT 1 FROM terminals WHERE id = ?", (terminal_id,)).fetchone() is not None
+
+    def replace_terminal(self, old_id: int, new_id: int, new_key: bytes, now_ms: int,
+                         transport: str | None = None) -> str | None:  # fmt: skip
+        """The window of ``old_id`` moves to a new terminal ``new_id`` (a new
+        board).  The old terminal keeps its key (its journal may still drain)
+        until it is retired; its ratings stay what they were.  Returns the window."""
+        if len(new_key) != 32:
+            raise StoreError("a terminal key is 32 bytes")
+        with self._tx():
+            row = self.conn.execute(
+                "SELECT window_no, retired_ms, transport FROM terminals WHERE id = ?", (old_id,)
+            ).fetchone()
+            if row is None:
+                raise TerminalError(f"no terminal {old_id:08x}")
+            if self.terminal_exists(new_id):
+                raise TerminalError(f"terminal {new_id:08x} exists already")
+            window = row[0]
+            self._window_to(old_id, None, now_ms)
+            self.conn.execute("INSERT INTO terminals (id, key, created_ms, transport) VALUES (?, ?, ?, ?)",
+                              (new_id, new_key, now_ms, transport or row[2]))  # fmt: skip
+            self._window_to(new_id, window, now_ms)
+            self._bump_terminals()
+            return str(window) if window is not None else None
+
+    def retire_terminal(self, terminal_id: int, now_ms: int) -> str | None:
+        """Revoke the terminal's key at once (frames under it are refused,
+        'retired'); its window closes.  Its ratings stay.  Returns the window
+        it served."""
+        with self._tx():
+            row = self.conn.execute(
+                "SELECT window_no, retired_ms FROM terminals WHERE id = ?", (terminal_id,)
+            ).fetchone()
+            if row is None:
+                raise TerminalError(f"no terminal {terminal_id:08x}")
+            if row[1] is not None:
+                raise TerminalError(f"terminal {terminal_id:08x} is retired already")
+            self._window_to(terminal_id, None, now_ms)
+            self.conn.execute("UPDATE terminals SET retired_ms = ?, enabled = 0, prev_key = NULL"
+                              " WHERE id = ?", (now_ms, terminal_id))  # fmt: skip
+            self._bump_terminals()
+            return str(row[0]) if row[0] is not None else None
+
+    def rekey_terminal(self, terminal_id: int, new_key: bytes, now_ms: int) -> None:
+        """A new key for the terminal.  The old one stays accepted until the
+        terminal sends a frame under the new one (then the daemon forgets it),
+        so nothing journaled or in flight under the old key is lost."""
+        if len(new_key) != 32:
+            raise StoreError("a terminal key is 32 bytes")
+        with self._tx():
+            row = self.conn.execute(
+                "SELECT key, retired_ms, prev_key FROM terminals WHERE id = ?", (terminal_id,)
+            ).fetchone()
+            if row is None:
+                raise TerminalError(f"no terminal {terminal_id:08x}")
+            if row[1] is not None:
+                raise TerminalError(f"terminal {terminal_id:08x} is retired")
+            if bytes(row[0]) == new_key:
+                raise TerminalError("the new key is the current one")
+            # a rekey before the last one was taken up keeps the key the board
+            # still holds (the oldest one in use), not the never-used middle one
+            prev = bytes(row[2]) if row[2] is not None else bytes(row[0])
+            self.conn.execute("UPDATE terminals SET key = ?, prev_key = ?, rekeyed_ms = ? WHERE id = ?",
+                              (new_key, prev, now_ms, terminal_id))  # fmt: skip
+            self._bump_terminals()
+
+    def retired_ids(self) -> set[int]:
+        return {int(r[0]) for r in self.conn.execute("SELECT id FROM terminals WHERE retired_ms IS NOT NULL")}
+
+    def window_history(self, terminal_id: int | None = None, window_no: str | None = None) -> list[dict[str, Any]]:
+        """Which terminal served which window, and when (oldest first)."""
+        q, args = "SELECT terminal_id, window_no, from_ms, to_ms FROM terminal_windows WHERE 1", list[Any]()
+        if terminal_id is not None:
+            q += " AND terminal_id = ?"
+            args.append(terminal_id)
+        if window_no is not None:
+            q += " AND window_no = ?"
+            args.append(window_no)
+        return [{"terminal_id": t, "window_no": w, "from_ms": f, "to_ms": to}
+                for t, w, f, to in self.conn.execute(q + " ORDER BY from_ms, terminal_id", args)]  # fmt: skip
+
+    def start_terminals(self, new_epoch: bool = True) -> dict[int, TerminalRecord]:
         """Load every enabled terminal and start a new down epoch for each
         (durably, before any frame of the new epoch is sent).  On a full disk
         the new epoch is kept in memory (``epoch_saved`` False) and the core
         writes it with the first commit that succeeds: a daemon must start,
-        refuse to acknowledge and say why, rather than not start at all."""
+        refuse to acknowledge and say why, rather than not start at all.
+        ``new_epoch`` False: load only (a running daemon taking up a change of
+        the terminals keeps its down links and their counters)."""
         saved = True
         try:
-            with self._tx():
-                self.conn.execute(
-                    "UPDATE terminals SET down_epoch = down_epoch + 1 WHERE enabled = 1"
-                )
+            if new_epoch:
+                with self._tx():
+                    self.conn.execute(
+                        "UPDATE terminals SET down_epoch = down_epoch + 1 WHERE enabled = 1"
+                    )
         except StoreFull:
             saved = False
             self.start_full = True
@@ -318,13 +469,14 @@ class Store:
             if below:
                 distrust.setdefault(tid, {})[jid] = (below, seq_from)
         out = {}
-        for tid, key, window, rx, epoch, jid in self.conn.execute(
-            "SELECT id, key, window_no, rx_counter, down_epoch, journal_id FROM terminals"
-            " WHERE enabled = 1"
+        for tid, key, window, rx, epoch, jid, prev in self.conn.execute(
+            "SELECT id, key, window_no, rx_counter, down_epoch, journal_id, prev_key FROM terminals"
+            " WHERE enabled = 1 AND retired_ms IS NULL"
         ):
             out[tid] = TerminalRecord(tid, bytes(key), window, rx, epoch if saved else epoch + 1,
                                       boots.get(tid, {}), jid, journals.get(tid, {}),
-                                      distrust.get(tid, {}), saved)  # fmt: skip
+                                      distrust.get(tid, {}), saved,
+                                      bytes(prev) if prev is not None else None)  # fmt: skip
         return out
 
     def checkpoint(self, mode: str = "TRUNCATE") -> bool:

@@ -100,12 +100,107 @@ def build(out: Path) -> dict:
     return manifest
 
 
+BOARDS = ("esp32s3", "esp32c3", "rp2")
+LINKS = ("serial", "usb", "mqtt")
+
+
+def board_config(
+    terminal_id: int,
+    key: bytes,
+    *,
+    link: str,
+    board: str = "esp32s3",
+    wifi: tuple[str, str] | None = None,
+    mqtt: dict[str, object] | None = None,
+    capacity: int | None = None,
+) -> dict[str, object]:
+    """The board's /config.json (firmware/config.py's format), checked by the
+    firmware's own parser so that a board never gets a file it refuses.
+    ``wifi``: (ssid, password); ``mqtt``: host, port, prefix, user, password."""
+    from haochaping.firmware import config as fw_config
+
+    if board not in BOARDS:
+        raise BundleError(f"board is one of {', '.join(BOARDS)}")
+    if link not in LINKS:
+        raise BundleError(f"link is one of {', '.join(LINKS)}")
+    if board == "esp32c3" and link == "serial":
+        raise BundleError("an ESP32-C3 has no UART pins free: use link usb or mqtt (boards.md)")
+    cfg: dict[str, object] = {"terminal_id": f"{terminal_id:08x}", "key": key.hex(), "board": board, "link": link}
+    if link == "mqtt":
+        if mqtt is None or not mqtt.get("host"):
+            raise BundleError("an MQTT terminal needs the broker's address (--broker mqtt://HOST:PORT)")
+        cfg["mqtt"] = {"host": mqtt["host"], "port": int(str(mqtt.get("port", 1883))),
+                       "prefix": mqtt.get("prefix", "hcp"), "user": mqtt.get("user"),
+                       "password": mqtt.get("password")}  # fmt: skip
+    if wifi is not None:
+        cfg["wifi"] = {"ssid": wifi[0], "password": wifi[1]}
+    if capacity is not None:
+        cfg["capacity"] = capacity
+    try:
+        fw_config.parse(json.dumps(cfg))
+    except fw_config.ConfigError as e:
+        raise BundleError(f"the board would refuse this config: {e}") from None
+    return cfg
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file that holds a secret (a board config: the terminal key):
+    mode 0600 whatever the umask, written whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def board_manifest(port: str) -> dict | None:
+    """The manifest of the bundle on the board at ``port`` (None: no bundle,
+    or one deployed before the manifest went to the board)."""
+    if not os.path.exists(port):
+        raise BundleError(f"serial port {port} does not exist (is the board plugged in?)")
+    p = subprocess.run([_tool("mpremote"), "connect", port, "fs", "cat", ":manifest.json"],
+                       capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
+    if p.returncode != 0:
+        if "ENOENT" in p.stderr or "No such file" in p.stderr or "OSError" in p.stderr:
+            return None
+        raise BundleError(f"mpremote could not read the board at {port}: {p.stderr.strip()[-300:]}")
+    try:
+        doc = json.loads(p.stdout)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def needs_deploy(on_board: dict | None, ours: dict) -> str | None:
+    """Why the bundle must go to the board, or None: the board has none, an
+    older version, or other files than ours (a build of other sources)."""
+    if on_board is None:
+        return "the board has no bundle"
+
+    def ver(m: dict) -> tuple[int, ...]:
+        try:
+            return tuple(int(x) for x in str(m.get("version", "0")).split(".")[:3])
+        except ValueError:
+            return (0,)
+
+    if ver(on_board) < ver(ours):
+        return f"the board runs {on_board.get('version')}, this bundle is {ours.get('version')}"
+    if ver(on_board) == ver(ours) and on_board.get("files") != ours.get("files"):
+        return "the board's bundle differs from this one (another build)"
+    return None
+
+
 def deploy_commands(bundle: Path, port: str, config_file: Path | None = None) -> list[str]:
     """The mpremote command line that copies ``bundle`` to the board."""
     _manifest(bundle)
     cmd = [_tool("mpremote"), "connect", port]
     cmd += ["fs", "cp", "-r", str(bundle / "lib"), ":", "+"]
-    for name in ("boot.py", "main.py"):
+    for name in ("boot.py", "main.py", "manifest.json"):
         cmd += ["fs", "cp", str(bundle / name), ":" + name, "+"]
     if config_file is not None:
         cmd += ["fs", "cp", str(config_file), ":config.json", "+"]
@@ -118,6 +213,19 @@ def _manifest(bundle: Path) -> dict:
         return json.loads((bundle / "manifest.json").read_text("utf-8"))
     except (OSError, ValueError) as e:
         raise BundleError(f"{bundle} is not a bundle (run `hcp firmware build`): {e}") from None
+
+
+def config_commands(port: str, config_file: Path) -> list[str]:
+    """The mpremote command line that copies only a config to the board and resets it."""
+    return [_tool("mpremote"), "connect", port, "fs", "cp", str(config_file), ":config.json", "+", "reset"]
+
+
+def send_config(port: str, config_file: Path) -> None:
+    if not os.path.exists(port):
+        raise BundleError(f"serial port {port} does not exist (is the board plugged in?)")
+    p = subprocess.run(config_commands(port, config_file), capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        raise BundleError(f"mpremote failed: {p.stderr.strip()[-300:]}")
 
 
 def deploy(bundle: Path, port: str, config_file: Path | None = None) -> None:

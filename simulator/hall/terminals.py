@@ -68,10 +68,11 @@ class MqttLink:
     """The firmware's own MQTT client (firmware/mqtt.MQTTTransport, non-blocking
     MQTT 3.1.1 on a socket) toward the hall's broker."""
 
-    def __init__(self, tid: int, host: str, port: int) -> None:
+    def __init__(self, tid: int, host: str, port: int, prefix: str = "hcp",
+                 user: str | None = None, password: str | None = None) -> None:  # fmt: skip
         from haochaping.firmware import mqtt as fw_mqtt
 
-        self.transport = fw_mqtt.MQTTTransport(host, port, tid)
+        self.transport = fw_mqtt.MQTTTransport(host, port, tid, prefix=prefix, user=user, password=password)
 
     def close(self) -> None:
         self.transport.close()
@@ -133,6 +134,39 @@ class VirtualTerminal:
             board.transport = self.link.transport  # type: ignore[assignment]
         self.boots += 1
         return board, terminal.Terminal(board, self.tid, Key(self.key), capacity=4000)
+
+    @classmethod
+    def from_config(cls, config_file: Path, state: Path, tty_dir: Path, window_no: str = "") -> VirtualTerminal:
+        """A virtual board that boots from a board config file (/config.json,
+        as ``hcp terminal provision`` writes it), read by the firmware's own
+        parser: a serial or USB link becomes a pseudo-terminal named
+        ``tty_dir/term-<id>``, an MQTT link the firmware's MQTT client to the
+        broker the file names."""
+        from haochaping.firmware import config as fw_config
+
+        cfg = fw_config.parse(Path(config_file).read_text("utf-8"))
+        tid = cfg["terminal_id"]
+        link: PtyPort | MqttLink
+        if cfg["link"] == "mqtt":
+            m = cfg["mqtt"]
+            link = MqttLink(tid, m["host"], int(m["port"]), m.get("prefix") or "hcp", m.get("user"), m.get("password"))
+        else:
+            link = PtyPort(tty_dir / f"term-{tid:08x}")
+        return cls(tid, cfg["key"], window_no, "mqtt" if cfg["link"] == "mqtt" else "serial", state, link)
+
+    def reconfigure(self, config_file: Path) -> None:
+        """A technician wrote a new config (a rekey) and the board restarted:
+        the same journal, the new key."""
+        from haochaping.firmware import config as fw_config
+
+        cfg = fw_config.parse(Path(config_file).read_text("utf-8"))
+        if cfg["terminal_id"] != self.tid:
+            raise HallError("the new config is for another terminal")
+        with self.lock:
+            self.key = cfg["key"]
+            self.journaled_before += self.term.journal.writes
+            self.term.journal.f.close()
+            self.board, self.term = self._boot()
 
     def power_cut(self) -> None:
         """Power off and on between two main-loop turns: RAM is gone, the

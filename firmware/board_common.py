@@ -63,7 +63,7 @@ class Feedback:
         self._all(0)
         if pattern == ui.P_ARMED:
             self._all(1)
-        elif pattern in (ui.P_THANKS, ui.P_REASON, ui.P_IGNORED):
+        elif pattern in (ui.P_THANKS, ui.P_REASON, ui.P_IGNORED, ui.P_TEST_LED):
             self.leds[button].value(1)
             self.beeps = 2 if pattern == ui.P_THANKS else (1 if pattern == ui.P_REASON else 0)
             if pattern == ui.P_REASON:
@@ -74,6 +74,8 @@ class Feedback:
             self.beeps = 1
         elif pattern == ui.P_FAULT:
             self.beeps = 1
+        elif pattern == ui.P_TEST_BUZZ:
+            self.beeps = 3  # three clear beeps at BEEP_HZ
         self.next_at = now
         self.tick(now)
 

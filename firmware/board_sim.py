@@ -107,6 +107,7 @@ class SimBoard:
         self.transport = SimTransport()
         self.wdt = SimWDT(wdt_ms)
         self.shown = [0] * len(ui.PATTERN_NAMES)  # count per pattern
+        self.lit = [0] * 5  # per button: times the self-test lit its LED alone (P_TEST_LED)
         self.last_pattern = ui.P_IDLE
         self.last_button = 0
         self.tech_text = ""
@@ -127,7 +128,9 @@ class SimBoard:
         self.shown[pattern] += 1
         self.last_pattern = pattern
         self.last_button = button
-        if pattern == ui.P_TECH:
+        if pattern == ui.P_TEST_LED:
+            self.lit[button] += 1
+        elif pattern == ui.P_TECH:
             self.tech_text = terminal.tech_info()
 
     def feed(self):

@@ -85,7 +85,7 @@ ACK_TIMEOUT_MS = const(3000)
 MAX_TIMEOUTS = const(3)
 STATUS_MS = const(60000)
 
-FW = (0, 1, 0)
+FW = (0, 2, 0)  # 0.2: the self-test (TEST / ECHO, HELLO flag bit 2)
 
 
 def _zero():
@@ -201,7 +201,7 @@ class Session:
                 j.acked,
                 j.capacity,
                 self.uptime() & 0xFFFFFFFF,
-                (1 if self.clock.synced else 0) | (2 if j.boot == self.raised_boot else 0),
+                (1 if self.clock.synced else 0) | (2 if j.boot == self.raised_boot else 0) | 4,
                 j.id,
             )
         )
@@ -371,3 +371,9 @@ class Session:
         """An ERROR up (e.g. an ARM the terminal cannot serve)."""
         if self.state != L_DOWN:
             self._send(_m.Error(code, ref & 0xFFFFFFFF, text))
+
+    def echo(self, a):
+        """An ECHO up, a = op << 4 | arg (a self-test step done, a press, the end).
+        Live only: with the link down it is gone, as the test is."""
+        if self.state != L_DOWN:
+            self._send(_m.Echo(a >> 4, a & 15))

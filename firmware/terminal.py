@@ -96,6 +96,8 @@ class Terminal:
                 self.board.show(arg, ev.pressed, self)
             elif code == ui.A_ERROR:
                 self.session.send_error(arg, ev.err_ref)
+            else:  # ui.A_ECHO
+                self.session.echo(arg)
 
     def _write(self):
         ev = self.ev
@@ -176,6 +178,9 @@ class Terminal:
             self._run()
         elif t == _m.Config.TYPE:
             self.configure(msg.settings)
+        elif t == _m.Test.TYPE:
+            ev.test(msg.op, msg.arg, now)
+            self._run()
 
     def configure(self, settings):
         st = self.ev.settings

@@ -16,10 +16,12 @@ States
             presses are refused with the fault pattern
     TECH    technician mode (both outer buttons held): shows the terminal
             id and link state; any press or its time-out leaves it
+    TEST    the daemon's self-test (TEST frames): LEDs and the buzzer as
+            commanded; a press is echoed to the daemon, never a rating
 
 Events: PRESS(button), TIMEOUT (the state's deadline passed), ARM(session),
 DISARM(session), FAULT (a fault bit was set), CLEAR (the last fault bit
-cleared), TECH (the outer-button chord was held).
+cleared), TECH (the outer-button chord was held), TEST(op, arg) (a TEST frame).
 
 Rules (each row of TABLE below is one of these):
  1. One rating per ARM (一次一评): the first press in ARMED is the rating; it
@@ -47,6 +49,14 @@ Rules (each row of TABLE below is one of these):
     answered with ERROR), after the confirmation from REASON/THANKS.
  8. An event with no row for the current state raises TransitionError; a
     handler that returns a state not listed in its row raises it too.
+ 9. Self-test (SPEC.md "Self-test"): a TEST starts it from IDLE, FAULT or
+    TECH only; in ARMED, REASON or THANKS (a case waits or a rating is in
+    progress) it is answered ECHO(BUSY) and changes nothing.  In TEST
+    each command is done, then echoed (ECHO action); a press lights its LED
+    and is echoed, never written; an ARM is refused with ERROR E_SELF_TEST
+    (the daemon arms again after the test); faults wait for its end.  END,
+    or test_ms with no TEST, leaves it where TECH would (FAULT, a still
+    valid ARMED, IDLE) and is echoed (END or TIMEOUT).
 """
 
 try:
@@ -64,7 +74,8 @@ S_REASON = const(2)
 S_THANKS = const(3)
 S_FAULT = const(4)
 S_TECH = const(5)
-STATE_NAMES = ("IDLE", "ARMED", "REASON", "THANKS", "FAULT", "TECH")
+S_TEST = const(6)
+STATE_NAMES = ("IDLE", "ARMED", "REASON", "THANKS", "FAULT", "TECH", "TEST")
 
 # Events
 E_PRESS = const(0)
@@ -74,12 +85,14 @@ E_DISARM = const(3)
 E_FAULT = const(4)
 E_CLEAR = const(5)
 E_TECH = const(6)
-EVENT_NAMES = ("PRESS", "TIMEOUT", "ARM", "DISARM", "FAULT", "CLEAR", "TECH")
+E_TEST = const(7)
+EVENT_NAMES = ("PRESS", "TIMEOUT", "ARM", "DISARM", "FAULT", "CLEAR", "TECH", "TEST")
 
 # Actions: an int, code | arg << 8
 A_SHOW = const(1)  # arg = pattern
 A_WRITE = const(2)  # the rating is in rec_level/rec_reason/rec_flags/rec_session
 A_ERROR = const(3)  # arg = error code, err_ref = session
+A_ECHO = const(4)  # arg = op << 4 | arg of the ECHO to send (messages.T_*)
 MAX_ACTIONS = const(8)
 
 # Feedback patterns (board adapters render them on LEDs and the buzzer)
@@ -91,7 +104,12 @@ P_REFUSED = const(4)  # short low buzz, no LED
 P_FAULT = const(5)  # all LEDs blink fast, long tone every few seconds
 P_TECH = const(6)  # terminal id and link state blinked out
 P_IGNORED = const(7)  # a press during THANKS: nothing new (a faint tick)
-PATTERN_NAMES = ("IDLE", "ARMED", "REASON", "THANKS", "REFUSED", "FAULT", "TECH", "IGNORED")
+P_TEST_LED = const(8)  # self-test: the button's LED alone, no sound
+P_TEST_BUZZ = const(9)  # self-test: the buzzer sounds, every LED off
+PATTERN_NAMES = (
+    "IDLE", "ARMED", "REASON", "THANKS", "REFUSED", "FAULT", "TECH", "IGNORED", "TEST_LED",
+    "TEST_BUZZ",
+)  # fmt: skip
 
 # Fault bits
 FAULT_JOURNAL_FULL = const(1)
@@ -111,6 +129,15 @@ F_RAPID = const(0x08)
 
 E_NOT_ARMED = const(35)  # messages.E_NOT_ARMED
 E_JOURNAL_FULL = const(36)  # messages.E_JOURNAL_FULL
+E_SELF_TEST = const(37)  # messages.E_SELF_TEST
+
+# Self-test ops (messages.T_*)
+_T_END = const(0)
+_T_LED = const(1)
+_T_BUZZER = const(2)
+_T_PRESS = const(4)
+_T_TIMEOUT = const(5)
+_T_BUSY = const(6)
 
 TICKS_PERIOD = const(1 << 30)  # MicroPython's ticks_ms wraps here
 _HALF = const(1 << 29)
@@ -135,6 +162,7 @@ class Settings:
         self.reason_ms = 15000
         self.thanks_ms = 2000
         self.tech_ms = 10000
+        self.test_ms = 60000  # messages.Test.TIMEOUT_S
         self.arm_ms_default = 120000
 
 
@@ -207,6 +235,10 @@ class Evaluator:
     def tech(self, now):
         return self._fire(E_TECH, 0, now)
 
+    def test(self, op, arg, now):
+        """A TEST frame's step (messages.T_*; arg a button for LED)."""
+        return self._fire(E_TEST, op << 4 | arg, now)
+
     def deadline_in(self, now):
         """ms until the next TIMEOUT, or -1 if none is due (for sleeping)."""
         if not self.has_deadline:
@@ -218,13 +250,13 @@ class Evaluator:
 
     def _fire(self, event, arg, now):
         self.nact = 0
-        row = _TABLE[self.state * 8 + event]
-        if row is None:
+        i = _TABLE[self.state * 8 + event]
+        if i is None:
             raise TransitionError(
                 "no transition for %s in %s" % (EVENT_NAMES[event], STATE_NAMES[self.state])
             )
-        new = row[2](self, arg, now)
-        if not (row[3] >> new) & 1:
+        new = TABLE[i + 2](self, arg, now)
+        if not (TABLE[i + 3] >> new) & 1:
             raise TransitionError(
                 "%s in %s may not lead to %s"
                 % (EVENT_NAMES[event], STATE_NAMES[self.state], STATE_NAMES[new])
@@ -309,7 +341,7 @@ class Evaluator:
         self._emit(A_ERROR | (code << 8))
 
     def _base(self, now):
-        """Where TECH returns: FAULT, still-valid ARMED, or IDLE."""
+        """Where TECH and TEST return: FAULT, still-valid ARMED, or IDLE."""
         if self.faults:
             return self._enter_fault()
         if self.session and ticks_diff(self.arm_until, now) > 0:
@@ -437,8 +469,50 @@ def _tech_leave(m, arg, now):
 
 def _tech_disarm(m, session, now):
     if session == m.session or session == 0:
-        m.session = 0
-    return S_TECH
+        m.session = 0  # TECH and TEST return to ARMED only for a case still armed
+    return m.state
+
+
+def _test(m, a, now):
+    """A TEST step (a = op << 4 | arg): done first, then echoed."""
+    op = a >> 4
+    if op == _T_END:
+        s = m._base(now)
+        m._emit(A_ECHO)  # ECHO(END)
+        return s
+    if op == _T_LED:
+        m.pressed = a & 15
+        m._show(P_TEST_LED)
+    elif op == _T_BUZZER:
+        m._show(P_TEST_BUZZ)
+    else:  # T_ECHO: every LED glows, as for "please rate"
+        m._show(P_ARMED)
+    m._emit(A_ECHO | (a << 8))
+    m._set_deadline(now, m.settings.test_ms)
+    return S_TEST
+
+
+def _test_busy(m, a, now):
+    m._emit(A_ECHO | (_T_BUSY << 12))  # ECHO(BUSY)
+    return m.state
+
+
+def _test_press(m, button, now):
+    m.pressed = button
+    m._show(P_TEST_LED)
+    m._emit(A_ECHO | ((_T_PRESS << 4 | button) << 8))
+    return S_TEST
+
+
+def _test_timeout(m, arg, now):
+    s = m._base(now)
+    m._emit(A_ECHO | (_T_TIMEOUT << 12))  # ECHO(TIMEOUT)
+    return s
+
+
+def _test_arm(m, session, now):
+    m._error(E_SELF_TEST, session)
+    return S_TEST
 
 
 _I = 1 << S_IDLE
@@ -447,53 +521,74 @@ _R = 1 << S_REASON
 _T = 1 << S_THANKS
 _F = 1 << S_FAULT
 _X = 1 << S_TECH
+_Z = 1 << S_TEST
+_B = _I | _A | _F  # where TECH and TEST return (Evaluator._base)
 
-# THE transition table: (state, event, handler, states it may lead to).
+# THE transition table, one row a line: state, event, handler, the states it
+# may lead to.  One flat tuple rather than a tuple of row tuples: a row tuple
+# is a 32-byte object on the board's heap, so this form keeps ~830 bytes of
+# RAM free (tabledoc.rows() reads it back as rows for the docs and tests).
+# fmt: off
 TABLE = (
-    (S_IDLE, E_PRESS, _idle_press, _I | _R | _T),
-    (S_IDLE, E_TIMEOUT, _stay, _I),
-    (S_IDLE, E_ARM, _arm, _A | _I),
-    (S_IDLE, E_DISARM, _stay, _I),
-    (S_IDLE, E_FAULT, _to_fault, _F),
-    (S_IDLE, E_TECH, _to_tech, _X),
-    (S_IDLE, E_CLEAR, _stay, _I),  # clear() fires CLEAR only from a fault
-    (S_ARMED, E_PRESS, _armed_press, _R | _T),
-    (S_ARMED, E_TIMEOUT, _armed_timeout, _I),
-    (S_ARMED, E_ARM, _arm, _A),
-    (S_ARMED, E_DISARM, _armed_disarm, _A | _I),
-    (S_ARMED, E_FAULT, _to_fault, _F),
-    (S_ARMED, E_TECH, _to_tech, _X),
-    (S_ARMED, E_CLEAR, _stay, _A),
-    (S_REASON, E_PRESS, _reason_press, _T),
-    (S_REASON, E_TIMEOUT, _reason_timeout, _T),
-    (S_REASON, E_ARM, _defer_arm, _R),
-    (S_REASON, E_DISARM, _defer_disarm, _R),
-    (S_REASON, E_FAULT, _stay, _R),
-    (S_REASON, E_TECH, _ignore, _R),
-    (S_REASON, E_CLEAR, _stay, _R),  # the rating in progress ends first
-    (S_THANKS, E_PRESS, _ignore_press, _T),
-    (S_THANKS, E_TIMEOUT, _thanks_timeout, _I | _A | _F),
-    (S_THANKS, E_ARM, _defer_arm, _T),
-    (S_THANKS, E_DISARM, _defer_disarm, _T),
-    (S_THANKS, E_FAULT, _stay, _T),
-    (S_THANKS, E_TECH, _ignore, _T),
-    (S_THANKS, E_CLEAR, _stay, _T),
-    (S_FAULT, E_PRESS, _fault_press, _F),
-    (S_FAULT, E_TIMEOUT, _stay, _F),
-    (S_FAULT, E_ARM, _fault_arm, _F),
-    (S_FAULT, E_DISARM, _stay, _F),
-    (S_FAULT, E_FAULT, _stay, _F),
-    (S_FAULT, E_CLEAR, _fault_clear, _I),
-    (S_FAULT, E_TECH, _to_tech, _X),
-    (S_TECH, E_PRESS, _tech_leave, _I | _A | _F),
-    (S_TECH, E_TIMEOUT, _tech_leave, _I | _A | _F),
-    (S_TECH, E_ARM, _arm, _A | _X),
-    (S_TECH, E_DISARM, _tech_disarm, _X),
-    (S_TECH, E_FAULT, _stay, _X),
-    (S_TECH, E_CLEAR, _stay, _X),
-    (S_TECH, E_TECH, _stay, _X),
+    S_IDLE, E_PRESS, _idle_press, _I | _R | _T,
+    S_IDLE, E_TIMEOUT, _stay, _I,
+    S_IDLE, E_ARM, _arm, _A | _I,
+    S_IDLE, E_DISARM, _stay, _I,
+    S_IDLE, E_FAULT, _to_fault, _F,
+    S_IDLE, E_TECH, _to_tech, _X,
+    S_IDLE, E_CLEAR, _stay, _I,  # clear() fires CLEAR only from a fault
+    S_IDLE, E_TEST, _test, _Z | _B,
+    S_ARMED, E_PRESS, _armed_press, _R | _T,
+    S_ARMED, E_TIMEOUT, _armed_timeout, _I,
+    S_ARMED, E_ARM, _arm, _A,
+    S_ARMED, E_DISARM, _armed_disarm, _A | _I,
+    S_ARMED, E_FAULT, _to_fault, _F,
+    S_ARMED, E_TECH, _to_tech, _X,
+    S_ARMED, E_CLEAR, _stay, _A,
+    S_ARMED, E_TEST, _test_busy, _A,  # a case waits for its rating
+    S_REASON, E_PRESS, _reason_press, _T,
+    S_REASON, E_TIMEOUT, _reason_timeout, _T,
+    S_REASON, E_ARM, _defer_arm, _R,
+    S_REASON, E_DISARM, _defer_disarm, _R,
+    S_REASON, E_FAULT, _stay, _R,
+    S_REASON, E_TECH, _ignore, _R,
+    S_REASON, E_CLEAR, _stay, _R,  # the rating in progress ends first
+    S_REASON, E_TEST, _test_busy, _R,
+    S_THANKS, E_PRESS, _ignore_press, _T,
+    S_THANKS, E_TIMEOUT, _thanks_timeout, _I | _A | _F,
+    S_THANKS, E_ARM, _defer_arm, _T,
+    S_THANKS, E_DISARM, _defer_disarm, _T,
+    S_THANKS, E_FAULT, _stay, _T,
+    S_THANKS, E_TECH, _ignore, _T,
+    S_THANKS, E_CLEAR, _stay, _T,
+    S_THANKS, E_TEST, _test_busy, _T,
+    S_FAULT, E_PRESS, _fault_press, _F,
+    S_FAULT, E_TIMEOUT, _stay, _F,
+    S_FAULT, E_ARM, _fault_arm, _F,
+    S_FAULT, E_DISARM, _stay, _F,
+    S_FAULT, E_FAULT, _stay, _F,
+    S_FAULT, E_CLEAR, _fault_clear, _I,
+    S_FAULT, E_TECH, _to_tech, _X,
+    S_FAULT, E_TEST, _test, _Z | _B,
+    S_TECH, E_PRESS, _tech_leave, _I | _A | _F,
+    S_TECH, E_TIMEOUT, _tech_leave, _I | _A | _F,
+    S_TECH, E_ARM, _arm, _A | _X,
+    S_TECH, E_DISARM, _tech_disarm, _X,
+    S_TECH, E_FAULT, _stay, _X,
+    S_TECH, E_CLEAR, _stay, _X,
+    S_TECH, E_TECH, _stay, _X,
+    S_TECH, E_TEST, _test, _Z | _B,
+    S_TEST, E_PRESS, _test_press, _Z,
+    S_TEST, E_TIMEOUT, _test_timeout, _B,
+    S_TEST, E_ARM, _test_arm, _Z,
+    S_TEST, E_DISARM, _tech_disarm, _Z,
+    S_TEST, E_FAULT, _stay, _Z,  # shown when the test ends
+    S_TEST, E_CLEAR, _stay, _Z,
+    S_TEST, E_TECH, _stay, _Z,
+    S_TEST, E_TEST, _test, _Z | _B,
 )
+# fmt: on
 
-_TABLE = [None] * (6 * 8)  # index state * 8 + event -> row
-for _row in TABLE:
-    _TABLE[_row[0] * 8 + _row[1]] = _row
+_TABLE = [None] * (7 * 8)  # index state * 8 + event -> where its row starts in TABLE
+for _i in range(0, len(TABLE), 4):
+    _TABLE[TABLE[_i] * 8 + TABLE[_i + 1]] = _i

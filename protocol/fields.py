@@ -4,11 +4,15 @@ Host and test-lane code only: it is left out of the board bundle so that
 terminals do not carry it in RAM.  Runs on MicroPython (the vector lane) and
 CPython.  ``to_dict(msg)`` gives plain JSON values (bytes as lower-case hex,
 tuples as lists, RATINGS records as a list of dicts); ``from_dict(name, d)``
-builds the message named ``name`` (messages.BY_NAME) back from it.
+builds the message named ``name`` (``BY_NAME``) back from it.
 """
 
 from haochaping.protocol import messages
 from haochaping.protocol.errors import MessageError
+
+BY_NAME = {}  # message name -> class; here, not in messages, so boards do not hold it
+for _cls in messages.TYPES.values():
+    BY_NAME[_cls.NAME] = _cls
 
 
 def _hex(b):
@@ -38,7 +42,7 @@ def to_dict(msg):
 
 
 def from_dict(name, d):
-    cls = messages.BY_NAME[name]
+    cls = BY_NAME[name]
     if cls is messages.Ratings:
         return cls([from_dict("RATING", r) for r in d["records"]])
     if cls is messages.Config:

@@ -85,6 +85,7 @@ def _unpack(fmt, payload, name):
 # HELLO flags
 H_CLOCK_SYNCED = 0x01  # the clock has been set by TIME since boot
 H_EPOCH_RAISED = 0x02  # this epoch was raised on the daemon's REPLAY hint: boot numbers went back
+H_SELF_TEST = 0x04  # this firmware answers TEST (SPEC.md "Self-test"); absent: too old to self-test
 
 
 class Hello(Message):
@@ -424,6 +425,7 @@ E_UNKNOWN_TERMINAL = 33
 E_STORE_UNAVAILABLE = 34  # disk full or database error: not stored, resend later
 E_NOT_ARMED = 35
 E_JOURNAL_FULL = 36
+E_SELF_TEST = 37  # an ARM refused during a self-test (ref = its session): ARM again after END
 
 
 # ------------------------------------------------------------------- down
@@ -572,13 +574,60 @@ class Config(Message):
         return cls([struct.unpack_from(">BI", p, i) for i in range(0, len(p), 5)]).check()
 
 
-TYPES = {}
-for _cls in (Hello, Rating, Ratings, Status, Error, Time, Arm, Disarm, Ack, Config, ErrorDown):
+# TEST / ECHO ops (SPEC.md "Self-test"): what to do (TEST, 0..3) or what was
+# done or happened (ECHO, 0..6).  ``arg`` is a button 0..4 (left to right,
+# 非常满意 .. 非常不满意) for LED and PRESS, else 0.
+T_END = 0  # down: leave the test; up: left it on END (or was not in one)
+T_LED = 1  # the LED of button ``arg`` alone is lit
+T_BUZZER = 2  # the buzzer sounds, every LED off
+T_ECHO = 3  # every LED glows: "press each button"
+T_PRESS = 4  # up only: button ``arg`` was pressed (never a rating)
+T_TIMEOUT = 5  # up only: left the test, no TEST for Test.TIMEOUT_S
+T_BUSY = 6  # up only: not started, a case is armed or a rating is in progress
+
+
+class Test(Message):
+    """TEST (down): one step of the self-test; the terminal answers each with
+    an ECHO of the same op and arg once it has done it."""
+
+    TYPE = 0x86
+    NAME = "TEST"
+    FIELDS = ("op", "arg")
+    TIMEOUT_S = 60  # the terminal leaves a test this long after the last TEST
+    _OPS = 4  # END, LED, BUZZER, ECHO
+
+    def __init__(self, op=0, arg=0):
+        self.op = op
+        self.arg = arg
+
+    def check(self):
+        if _u(self.op, 8, "op") >= self._OPS or _u(self.arg, 8, "arg") > 4:
+            raise MessageError("%s op or arg out of range" % self.NAME)
+        return self
+
+    def payload(self):
+        self.check()
+        return bytes((self.op, self.arg))
+
+    @classmethod
+    def from_payload(cls, p):
+        return cls(*_unpack("BB", p, cls.NAME)).check()
+
+
+class Echo(Test):
+    """ECHO (up): a TEST step done (its op and arg), a press during the test
+    (T_PRESS, the button), its end by time-out (T_TIMEOUT), or a TEST not
+    started (T_BUSY)."""
+
+    TYPE = 0x06
+    NAME = "ECHO"
+    _OPS = 7  # and PRESS, TIMEOUT, BUSY
+
+
+TYPES = {}  # fields.BY_NAME (host-only) maps names: a dict the board never needs
+for _cls in (Hello, Rating, Ratings, Status, Error, Time, Arm, Disarm, Ack, Config, ErrorDown, Test, Echo):
     TYPES[_cls.TYPE] = _cls
 
-BY_NAME = {}
-for _cls in TYPES.values():
-    BY_NAME[_cls.NAME] = _cls
 
 
 def decode(msg_type, payload):

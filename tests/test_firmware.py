@@ -36,10 +36,15 @@ def test_scenario_cpython(scenario) -> None:
 
 
 def test_table_has_one_row_per_state_and_event() -> None:
-    rows = [(s, e) for s, e, _, _ in ui.TABLE]
+    from haochaping.firmware.tabledoc import rows as table_rows
+
+    assert len(ui.TABLE) % 4 == 0, "TABLE is flat: state, event, handler, mask per row"
+    rows = [(s, e) for s, e, _, _ in table_rows()]
     assert len(set(rows)) == len(rows), "duplicate rows"
     # Every pair is decided explicitly (ignored presses are rows too).
-    assert set(rows) == {(s, e) for s in range(6) for e in range(7)}
+    n_states, n_events = len(ui.STATE_NAMES), len(ui.EVENT_NAMES)
+    assert (n_states, n_events) == (7, 8)
+    assert set(rows) == {(s, e) for s in range(n_states) for e in range(n_events)}
 
 
 def test_transition_not_in_table_raises_named_error(monkeypatch) -> None:
@@ -53,10 +58,11 @@ def test_transition_not_in_table_raises_named_error(monkeypatch) -> None:
 
 def test_handler_leading_outside_its_row_raises(monkeypatch) -> None:
     ev = ui.Evaluator()
-    table = list(ui._TABLE)
-    s, e, fn, _ = table[ui.S_IDLE * 8 + ui.E_ARM]
-    table[ui.S_IDLE * 8 + ui.E_ARM] = (s, e, fn, 1 << ui.S_IDLE)
-    monkeypatch.setattr(ui, "_TABLE", table)
+    table = list(ui.TABLE)
+    i = ui._TABLE[ui.S_IDLE * 8 + ui.E_ARM]
+    assert table[i : i + 2] == [ui.S_IDLE, ui.E_ARM]
+    table[i + 3] = 1 << ui.S_IDLE  # the row no longer allows ARMED
+    monkeypatch.setattr(ui, "TABLE", tuple(table))
     with pytest.raises(ui.TransitionError, match="may not lead to ARMED"):
         ev.arm(5, 1000, 0)
     assert ev.state == ui.S_IDLE
@@ -94,6 +100,60 @@ def test_fault_during_armed_drops_case_with_error() -> None:
     assert ui.A_ERROR | (ui.E_JOURNAL_FULL << 8) in ev.actions[:n] and ev.err_ref == 4
     ev.clear(ui.FAULT_JOURNAL_FULL, 6)
     assert ev.state == ui.S_IDLE
+
+
+def _acts(ev, n):
+    return [ev.actions[i] for i in range(n)]
+
+
+def _echo(op: int, arg: int = 0) -> int:
+    return ui.A_ECHO | ((op << 4 | arg) << 8)
+
+
+def test_self_test_never_writes_and_returns_where_it_came_from() -> None:
+    from haochaping.protocol import messages as m
+
+    ev = ui.Evaluator()
+    # From FAULT: the test runs (a full journal can still be tested), END returns to FAULT.
+    ev.fault(ui.FAULT_JOURNAL_FULL, 0)
+    n = ev.test(m.T_LED, 3, 10)
+    assert ev.state == ui.S_TEST and ev.pressed == 3
+    assert _acts(ev, n) == [ui.A_SHOW | (ui.P_TEST_LED << 8), _echo(m.T_LED, 3)]
+    n = ev.press(1, 20)
+    assert _acts(ev, n) == [ui.A_SHOW | (ui.P_TEST_LED << 8), _echo(m.T_PRESS, 1)]
+    n = ev.test(m.T_END, 0, 30)
+    assert ev.state == ui.S_FAULT
+    assert _acts(ev, n) == [ui.A_SHOW | (ui.P_FAULT << 8), _echo(m.T_END, 0)]
+    ev.clear(ui.FAULT_JOURNAL_FULL, 40)
+    # From TECH with a case still armed: the case survives the test (and its ARM refusal).
+    ev.arm(5, 60000, 100)
+    ev.tech(110)
+    ev.test(m.T_BUZZER, 0, 120)
+    n = ev.arm(6, 60000, 130)
+    assert ui.A_ERROR | (ui.E_SELF_TEST << 8) in _acts(ev, n) and ev.err_ref == 6
+    ev.press(4, 140)
+    ev.test(m.T_END, 0, 150)
+    assert ev.state == ui.S_ARMED and ev.session == 5 and ev.ratings == 0
+    # Busy: a rating in progress is not interrupted.
+    ev.press(3, 160)  # 不满意 -> REASON
+    n = ev.test(m.T_ECHO, 0, 170)
+    assert ev.state == ui.S_REASON and _acts(ev, n) == [_echo(m.T_BUSY, 0)]
+    ev.press(0, 180)
+    assert ev.state == ui.S_THANKS and ev.ratings == 1
+    n = ev.test(m.T_LED, 0, 190)
+    assert ev.state == ui.S_THANKS and _acts(ev, n) == [_echo(m.T_BUSY, 0)]
+    # The time-out: test_ms after the last TEST, not after the last press.
+    ev.tick(180 + ev.settings.thanks_ms)
+    assert ev.state == ui.S_IDLE
+    ev.test(m.T_ECHO, 0, 10_000)
+    ev.press(2, 50_000)
+    assert ev.tick(10_000 + ev.settings.test_ms - 1) == 0 and ev.state == ui.S_TEST
+    n = ev.tick(10_000 + ev.settings.test_ms)
+    assert ev.state == ui.S_IDLE and _echo(m.T_TIMEOUT, 0) in _acts(ev, n)
+    # END outside a test is answered and changes nothing.
+    n = ev.test(m.T_END, 0, 70_000)
+    assert ev.state == ui.S_IDLE and _echo(m.T_END, 0) in _acts(ev, n)
+    assert ev.ratings == 1
 
 
 def test_ticks_wrap() -> None:

@@ -133,6 +133,17 @@ def test_feedback_patterns_with_fake_pins() -> None:
         states.add(leds[0].v)
     assert states == {0, 1}  # blinking
     assert board_common.LOW_HZ in buz.tones
+    # Self-test: one LED alone and silent; the buzzer with every LED off.
+    fb.show(ui.P_TEST_LED, 3, 4000)
+    tones = len(buz.tones)
+    for t in range(4000, 5000, 10):
+        fb.tick(t)
+    assert [p.v for p in leds] == [0, 0, 0, 1, 0] and len(buz.tones) == tones
+    fb.show(ui.P_TEST_BUZZ, 0, 5000)
+    for t in range(5000, 6000, 10):
+        fb.tick(t)
+    assert [p.v for p in leds] == [0] * 5
+    assert buz.tones[tones:] == [board_common.BEEP_HZ] * 3 and buz.duty == 0
 
 
 class FakeMachine:

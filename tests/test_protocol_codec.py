@@ -82,6 +82,8 @@ any_message = st.one_of(
     u32.map(m.Disarm),
     st.builds(m.Ack, u32, u32),
     st.lists(st.tuples(u8, u32), max_size=m.CONFIG_MAX).map(m.Config),
+    st.builds(m.Test, st.integers(m.T_END, m.T_ECHO), st.integers(0, 4)),
+    st.builds(m.Echo, st.integers(m.T_END, m.T_BUSY), st.integers(0, 4)),
 )
 
 
@@ -337,6 +339,16 @@ def test_a_large_read_loses_no_frame() -> None:
         (lambda: m.Status(used=11, capacity=10), False),
         (lambda: m.Time(2**64 - 1), True),
         (lambda: m.Time(2**64), False),
+        (lambda: m.Test(m.T_LED, 4), True),
+        (lambda: m.Test(m.T_LED, 5), False),  # five buttons: 0..4
+        (lambda: m.Test(m.T_ECHO, 0), True),
+        (lambda: m.Test(m.T_PRESS, 0), False),  # an answer, never a command
+        (lambda: m.Test(m.T_BUSY, 0), False),
+        (lambda: m.Test(-1, 0), False),
+        (lambda: m.Echo(m.T_PRESS, 4), True),
+        (lambda: m.Echo(m.T_BUSY, 0), True),
+        (lambda: m.Echo(m.T_BUSY + 1, 0), False),
+        (lambda: m.Echo(m.T_PRESS, 5), False),
     ],
 )
 def test_message_bounds(make, ok: bool) -> None:  # type: ignore[no-untyped-def]

@@ -87,6 +87,11 @@ VALID: list[tuple[str, m.Message, int]] = [
         m.ErrorDown(code=m.E_REPLAY, ref=(9 << 16) | 300, text="counter behind: start epoch 10"),
         (3 << 16) | 7,
     ),
+    ("test-led", m.Test(op=m.T_LED, arg=3), (3 << 16) | 8),
+    ("test-end", m.Test(op=m.T_END), (3 << 16) | 9),
+    ("echo-led", m.Echo(op=m.T_LED, arg=3), (7 << 16) | 7),
+    ("echo-press", m.Echo(op=m.T_PRESS, arg=4), (7 << 16) | 8),
+    ("echo-timeout", m.Echo(op=m.T_TIMEOUT), (7 << 16) | 9),
 ]
 
 
@@ -216,6 +221,23 @@ def invalid() -> list[dict]:
             "name": "other-terminal",
             "frame": _seal(m.Rating(seq=1, level=5, journal=JID), 1, tid=TID + 1).hex(),
             "error": "FrameError",
+            "terminal_id": TID,
+        },
+        {
+            # PRESS is an answer, never a command: a terminal refuses it down
+            "name": "test-press-sent-down",
+            "frame": _raw(bytes.fromhex("0286") + TID.to_bytes(4, "big") + (1).to_bytes(4, "big")
+                          + bytes((m.T_PRESS, 0))).hex(),
+            "receiver": "terminal",
+            "error": "MessageError",
+            "terminal_id": TID,
+        },
+        {
+            "name": "test-led-button-5",
+            "frame": _raw(bytes.fromhex("0286") + TID.to_bytes(4, "big") + (1).to_bytes(4, "big")
+                          + bytes((m.T_LED, 5))).hex(),
+            "receiver": "terminal",
+            "error": "MessageError",
             "terminal_id": TID,
         },
         {

@@ -2,7 +2,8 @@
 
 Runs on CPython and MicroPython.  It follows the link rules of common.md /
 SPEC: HELLO -> TIME, ACK(journal, contiguous), CONFIG if set; RATING/RATINGS
-stored idempotently on (journal, seq), then ACK(journal, highest contiguous).  ``compact=True`` keeps
+stored idempotently on (journal, seq), then ACK(journal, highest contiguous);
+ECHO (self-test answers) kept in ``echoes``, apart from ratings.  ``compact=True`` keeps
 O(1) memory (for the MicroPython memory measurement): it only checks that
 records arrive in order and counts them; otherwise every record is kept so
 tests can compare contents (a reused seq shows up as a conflict).
@@ -40,6 +41,7 @@ class Peer:
         self.last_hello = None
         self.replay_hints = False  # answer a replayed authentic frame with ERROR REPLAY
         self.replays = 0
+        self.echoes = []  # (op, arg) of every ECHO (self-test), in order
 
     def restart(self):
         """A daemon restart: new down epoch, forgets who said HELLO."""
@@ -122,6 +124,8 @@ class Peer:
                 self.statuses = [msg]
         elif f.type == m.Error.TYPE:
             self.errors.append((msg.code, msg.ref))
+        elif f.type == m.Echo.TYPE:
+            self.echoes.append((msg.op, msg.arg))  # a self-test answer: never a rating
         return out
 
     def send(self, msg):

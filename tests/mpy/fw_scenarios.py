@@ -608,6 +608,80 @@ def uptime_epoch():
     return {}
 
 
+def self_test():
+    """The daemon's self-test over the link (issue 12): HELLO says the
+    firmware speaks TEST; each LED and the buzzer are commanded, shown on the
+    board and echoed; in echo mode a press on each button is echoed, never
+    journaled; an ARM meanwhile is refused with ERROR E_SELF_TEST; END leaves
+    the test and a normal rating works.  Then the 60 s time-out, and a TEST
+    refused while a case is armed."""
+    r = Rig()
+    r.run(100)
+    h = r.peer.last_hello
+    check(h.flags & m.H_SELF_TEST and h.fw >= (0, 2, 0), "HELLO does not offer the self-test: %r" % (h,))
+    b = r.board
+    j = r.t.journal
+    before = (j.writes, j.head, j.used)
+
+    def cmd(op, arg=0):
+        n = len(r.peer.echoes)
+        r.board.transport.deliver(r.peer.send(m.Test(op, arg)))
+        r.step(10)
+        return r.peer.echoes[n:]
+
+    for i in range(5):
+        got = cmd(m.T_LED, i)
+        check(got == [(m.T_LED, i)], "LED %d answered %r" % (i, got))
+        check(b.last_pattern == ui.P_TEST_LED and b.last_button == i, "LED %d not shown" % i)
+        check(b.lit == [1] * (i + 1) + [0] * (4 - i), "LEDs lit %r after LED %d" % (b.lit, i))
+        check(r.state() == "TEST", "not in TEST: %s" % r.state())
+    check(b.shown[ui.P_TEST_BUZZ] == 0, "buzzer before it was commanded")
+    got = cmd(m.T_BUZZER)
+    check(got == [(m.T_BUZZER, 0)] and b.shown[ui.P_TEST_BUZZ] == 1, "buzzer: %r" % (got,))
+    got = cmd(m.T_ECHO)
+    check(got == [(m.T_ECHO, 0)] and b.last_pattern == ui.P_ARMED, "echo mode: %r" % (got,))
+    for i in range(5):
+        n = len(r.peer.echoes)
+        r.press(i)
+        check(r.peer.echoes[n:] == [(m.T_PRESS, i)], "press %d echoed as %r" % (i, r.peer.echoes[n:]))
+        check(b.lit[i] == 2 and b.last_button == i, "press %d did not light its LED" % i)
+    r.arm(77)  # the business system arms the window mid-test: refused, clearly
+    check((m.E_SELF_TEST, 77) in r.peer.errors and r.state() == "TEST", "ARM during the test")
+    r.press(2)  # still an echo, not a rating for case 77
+    check(r.peer.echoes[-1] == (m.T_PRESS, 2), "press after the refused ARM")
+    after = (j.writes, j.head, j.used)
+    check(after == before, "the test touched the journal: %r -> %r" % (before, after))
+    check(r.t.ev.ratings == 0 and r.peer.count == 0 and not r.thanked, "a test press became a rating")
+    got = cmd(m.T_END)
+    check(got == [(m.T_END, 0)] and r.state() == "IDLE", "END: %r, %s" % (got, r.state()))
+    r.arm(78)
+    r.press(0)
+    r.idle()
+    r.run(200)
+    check(r.peer.count == 1 and r.peer.stored[1][1] == 5 and r.peer.stored[1][4] == 78,
+          "rating after the test: %r" % (r.peer.stored,))
+    # Nobody ends it: the terminal leaves on its own test_ms after the last TEST.
+    cmd(m.T_LED, 3)
+    ms = r.t.ev.settings.test_ms
+    check(ms == m.Test.TIMEOUT_S * 1000, "test time-out %d ms" % ms)
+    n = len(r.peer.echoes)
+    r.run(ms - 100, 100)
+    check(r.state() == "TEST" and len(r.peer.echoes) == n, "left the test early")
+    r.run(200, 100)
+    check(r.state() == "IDLE" and r.peer.echoes[n:] == [(m.T_TIMEOUT, 0)],
+          "time-out: %s %r" % (r.state(), r.peer.echoes[n:]))
+    # A case waits: the test does not start, the case keeps its rating.
+    r.arm(79)
+    got = cmd(m.T_LED, 1)
+    check(got == [(m.T_BUSY, 0)] and r.state() == "ARMED", "TEST while armed: %r" % (got,))
+    r.press(1)
+    r.idle()
+    r.run(200)
+    check(r.peer.count == 2 and r.peer.stored[2][4] == 79, "the armed case lost its rating")
+    check(r.t.journal.writes == before[0] + 2, "writes %d" % r.t.journal.writes)
+    return {"echoes": len(r.peer.echoes)}
+
+
 SCENARIOS = (
     one_rating_per_arm,
     reason_step,
@@ -622,4 +696,5 @@ SCENARIOS = (
     replaced_board,
     legacy_journal,
     uptime_epoch,
+    self_test,
 )

@@ -89,7 +89,8 @@ def test_example_config_loads(tmp_path):
 
 class TemplateBroker:
     """deploy/mosquitto.conf and deploy/mosquitto.acl as shipped, with their
-    paths moved into a test directory and mosquitto_passwd users."""
+    paths moved into a test directory, mosquitto_passwd users, and each
+    terminal's ACL block written by daemon/broker.py."""
 
     def __init__(self, tmp_path: Path, mosquitto_bin: str, users: dict[str, str],
                  without: str | None = None) -> None:  # fmt: skip
@@ -119,6 +120,11 @@ class TemplateBroker:
                            check=True)  # fmt: skip
             first = False
         (tmp_path / "passwd").chmod(0o600)
+        # the terminals' ACL blocks, as hcp terminal provision writes them
+        # from the password file (the template holds the daemon's block only)
+        from haochaping.daemon import broker as broker_files
+
+        broker_files.BrokerFiles(tmp_path / "passwd", tmp_path / "acl").sync()
         self.log = tmp_path / "broker.log"
         self.proc = subprocess.Popen([mosquitto_bin, "-c", str(tmp_path / "mosquitto.conf")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

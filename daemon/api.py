@@ -4,11 +4,13 @@ Window business systems (窗口业务系统) post a finished case (办件) for a
 window; the daemon stores it, arms that window's terminal for one rating and
 returns the session id.  Every /v1 call needs ``Authorization: Bearer TOKEN``
 (tokens from ``api.tokens_file``).  ``/metrics`` (Prometheus text) and
-``/openapi.json`` need none.  Responses never carry a key or a contact.
+``/openapi.json`` need none.  ``/status`` and ``/v1/status`` (the hall's
+health, a page and its JSON) have their own auth: status_page.py.  Responses never carry a key or a contact.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -16,17 +18,22 @@ import secrets
 from typing import Any
 
 from aiohttp import web
-from haochaping.daemon import cases
+from haochaping.daemon import cases, status_page
 from haochaping.daemon.cases import CASE_FIELDS, REQUIRED
 from haochaping.daemon.clock import now_ms
-from haochaping.daemon.core import ArmError
+from haochaping.daemon.core import ArmError, SelfTestError
 from haochaping.daemon.store import StoreError, StoreFull
+from haochaping.protocol import messages
 
 log = logging.getLogger("hcp.api")
 
 MAX_BODY = 16 * 1024
 REVIEW_MAX = 64  # characters of a review outcome
 ID_MAX = 2**63 - 1  # SQLite's largest integer: a larger id names nothing
+TEST_WAIT_MAX_S = 10.0  # a self-test step waits at most this long for its ECHO
+TEST_POLL_S = 0.02
+# self-test ops by name (messages.T_*); the first four may be sent
+STEPS = ("end", "led", "buzzer", "echo", "press", "timeout", "busy")
 
 
 def openapi() -> dict[str, Any]:
@@ -99,7 +106,23 @@ def openapi() -> dict[str, Any]:
             "/v1/alerts": {"get": {"summary": "差评 alerts after since_id", "security": bearer,
                                    "parameters": [{"name": "since_id", "in": "query", "schema": {"type": "integer"}}],
                                    "responses": {"200": {"description": "list"}}}},
+            "/v1/terminals/{terminal}/test": {"post": {
+                "summary": "one self-test step (led, buzzer, echo, end) for a terminal; waits for its ECHO",
+                "parameters": [{"name": "terminal", "in": "path", "required": True, "schema": {"type": "string"},
+                                "description": "8 hex digits"}],
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+                    "step": {"type": "string", "enum": list(STEPS[:4])},
+                    "button": {"type": "integer", "minimum": 0, "maximum": 4},
+                    "wait_s": {"type": "number", "minimum": 0, "maximum": TEST_WAIT_MAX_S}},
+                    "required": ["step"]}}}},
+                "responses": {"200": {"description": "echoed"}, "404": err, "409": err, "504": err}}},
+            "/v1/terminals/{terminal}/echoes": {"get": {
+                "summary": "the terminal's ECHOs after number 'after' (presses during the self-test)",
+                "parameters": [{"name": "terminal", "in": "path", "required": True, "schema": {"type": "string"}},
+                               {"name": "after", "in": "query", "schema": {"type": "integer"}}],
+                "responses": {"200": {"description": "list"}, "404": err}}},
             "/metrics": {"get": {"summary": "Prometheus text format", "responses": {"200": {"description": "metrics"}}}},
+            **status_page.OPENAPI_PATHS,
         },
     }  # fmt: skip
 
@@ -132,11 +155,14 @@ class Api:
         app.router.add_post("/v1/cases", self.post_case)
         app.router.add_delete("/v1/sessions/{session}", self.cancel)
         app.router.add_get("/v1/terminals", self.terminals)
+        app.router.add_post("/v1/terminals/{terminal}/test", self.test)
+        app.router.add_get("/v1/terminals/{terminal}/echoes", self.echoes)
         app.router.add_get("/v1/ratings", self.ratings)
         app.router.add_post("/v1/ratings/{rating}/review", self.review)
         app.router.add_get("/v1/alerts", self.alerts)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/openapi.json", self.openapi)
+        self.status = status_page.StatusPage(daemon, app)  # /status, /v1/status: their own auth
         self.app = app
 
     async def start(self) -> None:
@@ -157,6 +183,8 @@ class Api:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.status.owns(request.path):
+            return await self.status.guard(request, handler)
         if request.path.startswith("/v1/"):
             h = request.headers.get("Authorization", "")
             tok = h[7:] if h.startswith("Bearer ") else ""
@@ -166,8 +194,8 @@ class Api:
             for t, name in self.d.cfg.api_tokens.items():
                 if given and hmac.compare_digest(given, t.encode("utf-8", "surrogateescape")):
                     match = name
-            if match is None:
-                return _err(401, "a valid bearer token is required")
+            if match is None:  # a read-only status token: 403 saying so
+                return self.status.refused(given) or _err(401, "a valid bearer token is required")
             request["client"] = match
             if self.d.core is None:
                 return _err(503, "the store is full: nothing can be taken until there is room"
@@ -260,6 +288,64 @@ class Api:
             if r["journal_id"] is not None:
                 r["journal_id"] = "{:08x}".format(r["journal_id"])
         return web.json_response({"terminals": rows})
+
+    def _terminal(self, request: web.Request) -> int | None:
+        raw = request.match_info["terminal"]
+        if len(raw) != 8 or not all(c in "0123456789abcdefABCDEF" for c in raw):
+            return None
+        return int(raw, 16)
+
+    @staticmethod
+    def _echo(e: tuple[int, int, int, int]) -> dict[str, Any]:
+        n, at, op, arg = e
+        return {"n": n, "at_ms": at, "step": STEPS[op] if op < len(STEPS) else str(op), "button": arg}
+
+    async def test(self, request: web.Request) -> web.Response:
+        """A self-test step (SPEC.md "Self-test"): sent, then its ECHO awaited."""
+        tid = self._terminal(request)
+        if tid is None:
+            return _err(400, "the terminal id is 8 hex digits")
+        body = await self._json(request)
+        if not isinstance(body, dict) or set(body) - {"step", "button", "wait_s"}:
+            return _err(400, 'the body is {"step": "led"|"buzzer"|"echo"|"end", "button": 0..4, "wait_s": s}')
+        step, button, wait_s = body.get("step"), body.get("button", 0), body.get("wait_s", 5)
+        if step not in STEPS[:4]:
+            return _err(400, "step is one of " + ", ".join(STEPS[:4]))
+        if type(button) is not int or not 0 <= button <= 4 or (button and step != "led"):
+            return _err(400, "button is 0..4, and only for the led step")
+        if type(wait_s) not in (int, float) or not 0 <= wait_s <= TEST_WAIT_MAX_S:
+            return _err(400, f"wait_s is a number 0..{TEST_WAIT_MAX_S:g}")
+        core = self.d.core
+        if tid not in core.peers:
+            return _err(404, f"no terminal {tid:08x}")
+        op = STEPS.index(step)
+        after = core.peers[tid].echo_n
+        try:
+            frames = core.test(tid, op, button, now_ms())
+        except SelfTestError as e:
+            return _err(409, str(e))
+        self.d._send(frames)
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            for echo in core.echoes(tid, after):
+                if echo[2] == messages.T_BUSY:
+                    return _err(409, f"terminal {tid:08x} is busy (a case is armed or a rating in progress)")
+                if echo[2] == op and echo[3] == button:
+                    return web.json_response({"terminal": f"{tid:08x}", "after": after, "echo": self._echo(echo)})
+            if asyncio.get_running_loop().time() >= deadline:
+                return _err(504, f"no ECHO of {step} from terminal {tid:08x} within {wait_s:g} s")
+            await asyncio.sleep(TEST_POLL_S)
+
+    async def echoes(self, request: web.Request) -> web.Response:
+        tid = self._terminal(request)
+        if tid is None:
+            return _err(400, "the terminal id is 8 hex digits")
+        if tid not in self.d.core.peers:
+            return _err(404, f"no terminal {tid:08x}")
+        after = self._int(request, "after", 0, 2**62)
+        return web.json_response({
+            "terminal": f"{tid:08x}", "testing": self.d.core.testing(tid, now_ms()),
+            "echoes": [self._echo(e) for e in self.d.core.echoes(tid, after)]})  # fmt: skip
 
     def _int(self, request: web.Request, name: str, default: int, hi: int) -> int:
         raw = request.query.get(name)

@@ -52,6 +52,21 @@ class HookConfig:
 
 
 @dataclass
+class BrokerConfig:
+    """The hall broker's files hcp keeps (``[broker]``; daemon/broker.py):
+    each MQTT terminal's login and ACL block, written by ``hcp terminal``."""
+
+    password_file: str
+    acl_file: str
+    prefix: str | None = None
+    daemon_user: str | None = None
+    group: str | None = None
+    pid_file: str | None = None
+    reload_command: str | None = None
+    terminal_url: str | None = None  # mqtt://HOST:PORT the terminals reach the broker at
+
+
+@dataclass
 class Config:
     path: Path
     db_path: Path
@@ -59,15 +74,17 @@ class Config:
     max_db_mb: int | None = None
     listen: str = DEFAULT_LISTEN
     api_tokens: dict[str, str] = field(default_factory=dict, repr=False)  # token -> client name
+    status_tokens: dict[str, str] = field(default_factory=dict, repr=False)  # read-only: /status
     transports: list[TransportConfig] = field(default_factory=list)
     hooks: list[HookConfig] = field(default_factory=list)
+    broker: BrokerConfig | None = None
     terminal_settings: list[tuple[int, int]] = field(default_factory=list)
     arm_timeout_s: int = 120
     commit_max: int = 5000  # ratings per group commit at most
     log_level: str = "info"
 
 
-_TOP = {"store", "api", "transports", "alerts", "terminal", "daemon"}
+_TOP = {"store", "api", "transports", "alerts", "terminal", "daemon", "broker"}
 
 
 def _get(
@@ -114,6 +131,21 @@ def _secret(base: Path, file: str, path: Path, key: str) -> str:
     return text
 
 
+def _tokens(base: Path, api: dict[str, Any], key: str, path: Path) -> dict[str, str]:
+    """A tokens file (``NAME TOKEN`` a line, ``#`` comments): token -> name."""
+    text = _secret(base, _get(api, key, str, path, "api."), path, "api." + key)
+    out: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or len(parts[1]) < 16:
+            raise ConfigError(path, "api." + key, f"line {n} must be 'NAME TOKEN' (token >= 16 chars)")
+        out[parts[1]] = parts[0]
+    return out
+
+
 def load(path: str | os.PathLike[str]) -> Config:
     path = Path(path)
     try:
@@ -137,23 +169,19 @@ def load(path: str | os.PathLike[str]) -> Config:
     cfg = Config(path, db, ck, max_mb)
 
     api = _get(raw, "api", dict, path, "", {})
-    _unknown(api, {"listen", "tokens_file"}, path, "api.")
+    _unknown(api, {"listen", "tokens_file", "status_tokens_file"}, path, "api.")
     cfg.listen = _get(api, "listen", str, path, "api.", DEFAULT_LISTEN)
     host, sep, port = cfg.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(path, "api.listen", "must be HOST:PORT")
     if "tokens_file" in api:
-        text = _secret(base, _get(api, "tokens_file", str, path, "api."), path, "api.tokens_file")
-        for n, line in enumerate(text.splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.split()
-            if len(parts) != 2 or len(parts[1]) < 16:
-                raise ConfigError(
-                    path, "api.tokens_file", f"line {n} must be 'NAME TOKEN' (token >= 16 chars)"
-                )
-            cfg.api_tokens[parts[1]] = parts[0]
+        cfg.api_tokens = _tokens(base, api, "tokens_file", path)
+    if "status_tokens_file" in api:
+        # read-only tokens: they open /status and /v1/status and nothing else
+        cfg.status_tokens = _tokens(base, api, "status_tokens_file", path)
+        if set(cfg.status_tokens) & set(cfg.api_tokens):
+            raise ConfigError(path, "api.status_tokens_file",
+                              "a token of it is in api.tokens_file too: give each its own")  # fmt: skip
 
     trs = _get(raw, "transports", list, path, "", [])
     for i, t in enumerate(trs):
@@ -222,6 +250,23 @@ def load(path: str | os.PathLike[str]) -> Config:
     cfg.arm_timeout_s = _get(term, "arm_timeout_s", int, path, "terminal.", 120)
     if not 1 <= cfg.arm_timeout_s <= 0xFFFF:
         raise ConfigError(path, "terminal.arm_timeout_s", "must be 1..65535")
+
+    br = _get(raw, "broker", dict, path, "", None)
+    if br is not None:
+        keys = ("password_file", "acl_file", "prefix", "daemon_user", "group", "pid_file",
+                "reload_command", "terminal_url")  # fmt: skip
+        _unknown(br, set(keys), path, "broker.")
+        vals = {k: _get(br, k, str, path, "broker.") for k in keys if k in br}
+        for k in ("password_file", "acl_file"):
+            if k not in vals:
+                raise ConfigError(path, "broker." + k, "is required in [broker]")
+        for k in ("password_file", "acl_file", "pid_file"):
+            if k in vals:
+                vals[k] = str(base / vals[k])
+        tu = vals.get("terminal_url")
+        if tu is not None and (urlsplit(tu).scheme not in ("mqtt", "mqtts") or not urlsplit(tu).hostname):
+            raise ConfigError(path, "broker.terminal_url", "must be mqtt://HOST:PORT or mqtts://HOST:PORT")
+        cfg.broker = BrokerConfig(**vals)
 
     dm = _get(raw, "daemon", dict, path, "", {})
     _unknown(dm, {"log_level", "commit_max"}, path, "daemon.")

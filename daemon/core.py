@@ -72,6 +72,7 @@ REPLAY_HINT_MS = 5_000  # at most one ERROR REPLAY per terminal in this long
 LATENCY_SLACK_MS = 1_000  # the reference may sit this far outside the device's second (link latency)
 PREV_STARTS_KEPT = 8  # earlier starts of one boot epoch kept, to explain old-timeline device times
 CLOCK_STEPS_KEPT = 16  # the daemon's own clock steps remembered (and persisted) to explain offsets
+ECHOES_KEPT = 64  # self-test ECHOs kept per terminal for the one waiting on the test
 
 REFUSAL_REASONS = (
     "unknown_terminal",
@@ -97,6 +98,10 @@ EVENT_KINDS = ("journal_new", "journal_switch", "journal_behind", "rekeyed")
 
 class ArmError(Exception):
     """The window cannot be armed (no terminal, or it is offline)."""
+
+
+class SelfTestError(Exception):
+    """A self-test step cannot be sent (unknown, offline, old firmware, armed)."""
 
 
 def refusal_reason(e: Exception, msg_type: int | None = None) -> str:
@@ -173,6 +178,12 @@ class _Peer:
         # rekey: the key before it, accepted until a frame under the new one
         # arrives; the down link uses whichever key the terminal last used
         self.prev_key: Key | None = Key(rec.prev_key) if rec.prev_key is not None else None
+        # self-test (SPEC.md "Self-test"): what the HELLO said, the test's
+        # deadline on the terminal, and the ECHOs heard, numbered
+        self.can_test = False
+        self.testing_until = -1
+        self.echo_n = 0
+        self.echoes: deque[tuple[int, int, int, int]] = deque(maxlen=ECHOES_KEPT)  # (n, at_ms, op, arg)
         self.new_key = key
         if self.prev_key is not None:
             self.down.key = self.prev_key
@@ -328,9 +339,20 @@ class Core:
             upd["journal_used"] = msg.used
             upd["journal_capacity"] = msg.capacity
             upd["alarms"] = msg.alarms
+        elif isinstance(msg, messages.Echo):
+            self._echo(peer, msg, now_ms)
         elif isinstance(msg, messages.Error):
             self.count("terminal_errors")
         return out
+
+    def _echo(self, peer: _Peer, e: messages.Echo, now_ms: int) -> None:
+        peer.echo_n += 1
+        peer.echoes.append((peer.echo_n, now_ms, e.op, e.arg))
+        self.count("echoes")
+        if e.op in (messages.T_END, messages.T_TIMEOUT, messages.T_BUSY):
+            peer.testing_until = -1
+        else:
+            peer.testing_until = now_ms + messages.Test.TIMEOUT_S * 1000
 
     def _refuse(self, out: Output, reason: str) -> Output:
         out.refused = reason
@@ -360,6 +382,8 @@ class Core:
     def _hello(self, peer: _Peer, h: messages.Hello, now_ms: int, out: Output) -> None:
         upd = self._upd(peer.id)
         upd["firmware"] = ".".join(str(v) for v in h.fw)
+        peer.can_test = bool(h.flags & messages.H_SELF_TEST)
+        peer.testing_until = -1  # a (re)boot or a reconnect ends a test
         upd["board"] = h.board
         upd["journal_used"] = h.head - h.tail
         upd["journal_capacity"] = h.capacity
@@ -664,6 +688,8 @@ class Core:
             raise ArmError(f"window {window_no} has no terminal")
         if not self.online(tid, now_ms):
             raise ArmError(f"the terminal of window {window_no} is offline")
+        if self.testing(tid, now_ms):
+            raise ArmError(f"the terminal of window {window_no} is in its self-test")
         if not 0 < token <= 0xFFFFFFFF or token in self.sessions:
             raise ArmError("session token is not fresh")
         peer = self.peers[tid]
@@ -674,6 +700,40 @@ class Core:
         self.armed[tid] = token
         digest = hashlib.sha256(case_no.encode()).digest()[: messages.DIGEST_LEN]
         return s, [(tid, self._send(peer, messages.Arm(token, timeout_s, digest)))]
+
+    def test(self, tid: int, op: int, arg: int, now_ms: int) -> list[tuple[int, bytes]]:
+        """One self-test step for terminal ``tid`` (messages.T_END .. T_ECHO);
+        its ECHO comes back through ``echoes``.  Raises SelfTestError when the
+        terminal is unknown, offline, too old, or has a case armed."""
+        peer = self.peers.get(tid)
+        if peer is None:
+            raise SelfTestError(f"terminal {tid:08x} is not provisioned (or retired)")
+        if not self.online(tid, now_ms):
+            raise SelfTestError(f"terminal {tid:08x} is offline")
+        if not peer.can_test:
+            raise SelfTestError(f"terminal {tid:08x} runs firmware without the self-test (before 0.2.0)")
+        token = self.armed.get(tid)
+        s = self.sessions.get(token) if token is not None else None
+        if op != messages.T_END and s is not None and not s.used and not s.cancelled and s.expires_ms > now_ms:
+            raise SelfTestError(f"terminal {tid:08x} has a case armed: test it once the case is rated or cancelled")
+        try:
+            msg = messages.Test(op, arg).check()
+        except errors.MessageError as e:
+            raise SelfTestError(str(e)) from None
+        if op != messages.T_END:
+            peer.testing_until = now_ms + messages.Test.TIMEOUT_S * 1000
+        self.count("tests_sent")
+        return [(tid, self._send(peer, msg))]
+
+    def echoes(self, tid: int, after: int = 0) -> list[tuple[int, int, int, int]]:
+        """The ECHOs heard from ``tid`` numbered above ``after``: (n, at_ms, op, arg)."""
+        peer = self.peers.get(tid)
+        return [] if peer is None else [e for e in peer.echoes if e[0] > after]
+
+    def testing(self, tid: int, now_ms: int) -> bool:
+        """Whether ``tid`` is in a self-test (as far as the daemon knows)."""
+        peer = self.peers.get(tid)
+        return peer is not None and peer.testing_until > now_ms
 
     def prune_sessions(self, now_ms: int) -> None:
         """Forget sessions older than SESSION_KEEP_MS (their rows stay in the store)."""

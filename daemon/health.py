@@ -5,7 +5,10 @@ and the open 差评 alerts, read from the hall's SQLite file.
 what ``GET /v1/status`` answers and what the ``/status`` page shows.  It
 reads the store only (a read-only connection is enough), so it works with
 the daemon stopped too; ``online`` then means "heard from lately", the
-same rule the daemon applies (``core.OFFLINE_AFTER_MS``).
+same rule the daemon applies (``core.OFFLINE_AFTER_MS``).  A running daemon
+passes its core's own view (``online=``: terminal id -> online), which
+wins: after a restart a terminal is offline until it is heard from again,
+whatever the store says.
 
 Words a technician reads come in Chinese first, English beside
 (``WORDS``): 在线 online, 离线 offline, 缓存将满 buffer nearly full, 时钟偏差
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
 OFFLINE_AFTER_MS = 180_000  # = daemon/core.py OFFLINE_AFTER_MS (a test keeps them equal)
@@ -81,7 +85,7 @@ def terminal_states(t: dict[str, Any]) -> list[str]:
     if t.get("retired"):
         return ["retired"]
     out = []
-    if t["last_seen_ms"] is None:
+    if t["last_seen_ms"] is None and not t["online"]:
         out.append("never_seen")
     elif not t["online"]:
         out.append("offline")
@@ -99,7 +103,8 @@ def terminal_states(t: dict[str, Any]) -> list[str]:
     return out or ["ok"]
 
 
-def _terminals(conn: sqlite3.Connection, now_ms: int) -> list[dict[str, Any]]:
+def _terminals(conn: sqlite3.Connection, now_ms: int,
+               online: Mapping[int, bool] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     cols = _cols(conn, "terminals")
     has_retired = "retired_ms" in cols
     rows = conn.execute(
@@ -134,7 +139,10 @@ def _terminals(conn: sqlite3.Connection, now_ms: int) -> list[dict[str, Any]]:
         t = {
             "id": f"{tid:08x}",
             "window_no": window,
-            "online": seen is not None and now_ms - seen < OFFLINE_AFTER_MS and bool(enabled),
+            "online": bool(enabled) and (
+                online[tid] if online is not None and tid in online
+                else seen is not None and now_ms - seen < OFFLINE_AFTER_MS
+            ),
             "last_seen_ms": seen,
             "last_seen_ago_s": None if seen is None else max(0, (now_ms - seen) // 1000),
             "firmware": fw,
@@ -224,12 +232,15 @@ def _alerts(conn: sqlite3.Connection) -> tuple[int, list[dict[str, Any]]]:
     ]  # fmt: skip
 
 
-def snapshot(conn: sqlite3.Connection, now_ms: int) -> dict[str, Any]:
-    """The hall's health (JSON-ready).  ``conn``: any connection to the hall's store."""
+def snapshot(conn: sqlite3.Connection, now_ms: int,
+             online: Mapping[int, bool] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The hall's health (JSON-ready).  ``conn``: any connection to the hall's
+    store; ``online``: the running daemon's view of who is online (terminal
+    id -> bool, from its core), used instead of last_seen where given."""
     tables = _tables(conn)
     if "terminals" not in tables:
         raise ValueError("not a hall store (no terminals table)")
-    terms = _terminals(conn, now_ms)
+    terms = _terminals(conn, now_ms, online)
     n_open, alerts = _alerts(conn)
     active = [t for t in terms if not t["retired"]]
     counts: dict[str, int] = {}

@@ -497,6 +497,10 @@ class Daemon:
         metric("hcp_frames_previous_key_total", "counter",
                "Frames accepted under a terminal's previous key, after a rekey, before it used the new one.",
                [("", c.get("frames_previous_key", 0))])  # fmt: skip
+        metric("hcp_selftest_steps_total", "counter", "Self-test steps (TEST) sent to terminals.",
+               [("", c.get("tests_sent", 0))])  # fmt: skip
+        metric("hcp_selftest_echoes_total", "counter", "ECHOs of self-test steps and presses heard.",
+               [("", c.get("echoes", 0))])  # fmt: skip
         metric("hcp_replay_hints_total", "counter",
                "ERROR REPLAY answers to authentic frames below the replay guard (epoch catch-up).",
                [("", c.get("replay_hints", 0))])  # fmt: skip

@@ -4,6 +4,8 @@ takes up; the previous key accepted until the new one is used."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from haochaping.daemon.bench.peers import FakeTerminal
 from haochaping.daemon.core import Core
@@ -93,3 +95,21 @@ def test_a_second_rekey_before_the_first_is_used_keeps_the_key_the_board_holds(t
     t = FakeTerminal(1, K1)
     assert pump(core, st, t, [t.hello()], 3000) == []  # still the old key the board holds
     st.close()
+
+
+def test_broker_section_of_the_config(tmp_path: Path) -> None:
+    from haochaping.daemon import config as config_mod
+
+    base = '[store]\npath = "hall.db"\ncontact_key = "contact.key"\n'
+    f = tmp_path / "hcp.toml"
+    f.write_text(base + '[broker]\npassword_file = "pw"\nacl_file = "acl"\nterminal_url = "mqtt://10.0.0.2:1883"\n')
+    b = config_mod.load(f).broker
+    assert b is not None and b.password_file == str(tmp_path / "pw") and b.acl_file == str(tmp_path / "acl")
+    for bad, says in (('password_file = "pw"\n', "broker.acl_file"),
+                      ('password_file = "pw"\nacl_file = "acl"\nterminal_url = "http://x"\n', "broker.terminal_url"),
+                      ('password_file = "pw"\nacl_file = "acl"\npasword = 1\n', "broker.pasword")):  # fmt: skip
+        f.write_text(base + "[broker]\n" + bad)
+        with pytest.raises(config_mod.ConfigError, match=says):
+            config_mod.load(f)
+    f.write_text(base)
+    assert config_mod.load(f).broker is None

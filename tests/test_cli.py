@@ -23,13 +23,22 @@ def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Com
 
 
 def test_every_command_has_help_and_is_documented() -> None:
+    """Every command: --help text, a row of README's command table, and a
+    line of docs/technician.md (its appendix lists every command)."""
     readme = (ROOT / "README.md").read_text("utf-8")
+    table = readme.split("## The `hcp` command", 1)[1].split("\n## ", 1)[0]
+    rows = [ln for ln in table.splitlines() if ln.startswith("| `hcp ")]
+    guide = (ROOT / "docs" / "technician.md").read_text("utf-8")
     runner = CliRunner()
-    for name, cmd in _commands(main):
+    names = _commands(main)
+    assert len(names) > 30
+    for name, cmd in names:
         assert cmd.help or cmd.short_help, f"hcp {name} has no help text"
         res = runner.invoke(main, [*name.split(), "--help"])
         assert res.exit_code == 0, (name, res.output)
-        assert f"hcp {name}" in readme, f"`hcp {name}` is not in README.md"
+        assert len(res.output.splitlines()) > 2, (name, res.output)
+        assert any(f"`hcp {name}" in r for r in rows), f"`hcp {name}` is not in README.md's command table"
+        assert f"`hcp {name}`" in guide, f"`hcp {name}` is not in docs/technician.md"
 
 
 def test_selfcheck_passes() -> None:

@@ -37,7 +37,9 @@ def selfcheck(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"passed": passed, "failed": len(failures)}))
     else:
-        click.echo(f"protocol v1 self-check: {passed} vectors passed, {len(failures)} failed")
+        from haochaping.protocol.frame import VERSION
+
+        click.echo(f"protocol v{VERSION} self-check: {passed} vectors passed, {len(failures)} failed")
         for name, reason in failures:
             click.echo(f"  FAIL {name}: {reason}", err=True)
     sys.exit(1 if failures else 0)
@@ -103,6 +105,8 @@ from haochaping.cli.daemon import daemon as _daemon  # noqa: E402
 from haochaping.cli.daemon import ingest as _bench_ingest  # noqa: E402
 from haochaping.cli.firmware import firmware as _firmware  # noqa: E402
 from haochaping.cli.sim import sim as _sim  # noqa: E402
+from haochaping.cli.status import status as _status  # noqa: E402
+from haochaping.cli.terminal import terminal as _terminal  # noqa: E402
 from haochaping.cli.uplink import register as _register_uplink  # noqa: E402
 
 main.add_command(_daemon)
@@ -110,6 +114,8 @@ bench.add_command(_bench_ingest)
 bench.add_command(_bench_core)
 main.add_command(_firmware)
 main.add_command(_sim)
+main.add_command(_terminal)
+main.add_command(_status)
 _register_uplink(main)
 
 if __name__ == "__main__":

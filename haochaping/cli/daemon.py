@@ -47,7 +47,9 @@ def daemon(ctx: click.Context, config_path: str | None) -> None:
 def add_terminal(
     ctx: click.Context, config_path: str | None, tid: str, window: str | None, key_file: str
 ) -> None:
-    """Provision a terminal (its key goes into the store, never to the log)."""
+    """Register a terminal with a key you made (its key goes into the store,
+    never to the log); `hcp terminal provision` makes the id, key, config and
+    label for you."""
     from haochaping.daemon import config as config_mod
     from haochaping.daemon.clock import now_ms
     from haochaping.daemon.store import Store, StoreError
@@ -78,7 +80,7 @@ def add_terminal(
     except StoreError as e:
         raise click.ClickException(str(e)) from None
     click.echo(
-        "terminal {:08x} provisioned{}; send SIGHUP to a running daemon".format(
+        "terminal {:08x} provisioned{}; a running daemon takes it up within a second".format(
             terminal_id, f" for window {window}" if window else ""
         )
     )

@@ -27,7 +27,7 @@ except ImportError:  # CPython
         return x
 
 
-QUEUE_MAX = const(64)  # frames buffered per direction in the fake radio/UART
+_QUEUE_MAX = const(64)  # frames buffered per direction in the fake radio/UART
 
 
 class QueueFull(Exception):
@@ -58,8 +58,8 @@ class SimTransport:
         if not self.connected:
             self.lost += 1
             return False
-        if len(self.up) >= QUEUE_MAX:
-            raise QueueFull("simulated link holds at most %d frames" % QUEUE_MAX)
+        if len(self.up) >= _QUEUE_MAX:
+            raise QueueFull("simulated link holds at most %d frames" % _QUEUE_MAX)
         self.up.append(frame)
         return True
 

@@ -24,8 +24,8 @@ except ImportError:  # CPython
 
 from haochaping.firmware.ui import ticks_diff
 
-N = const(5)
-OUTER = const(0x11)  # buttons 0 and 4
+_N = const(5)
+_OUTER = const(0x11)  # buttons 0 and 4
 
 
 class Buttons:
@@ -33,7 +33,7 @@ class Buttons:
         self.debounce_ms = debounce_ms
         self.tech_hold_ms = tech_hold_ms
         self.stable = 0  # debounced mask
-        self._changed = [0] * N  # ms of each button's last accepted change
+        self._changed = [0] * _N  # ms of each button's last accepted change
         self._ever = 0  # buttons that changed at least once
         self._chord_since = 0
         self._chord = False
@@ -46,7 +46,7 @@ class Buttons:
         diff = mask ^ self.stable
         if diff:
             held_before = self.stable
-            for i in range(N):
+            for i in range(_N):
                 bit = 1 << i
                 if not diff & bit:
                     continue
@@ -61,7 +61,7 @@ class Buttons:
                         pressed |= bit
                 else:
                     self.stable &= ~bit
-        if self.stable & OUTER == OUTER:
+        if self.stable & _OUTER == _OUTER:
             if not self._chord:
                 self._chord = True
                 self._chord_since = now

@@ -58,12 +58,12 @@ except ImportError:  # CPython
 from haochaping.protocol.crc import crc16
 
 META_LEN = const(32)
-META_AT = const(0)
+_META_AT = const(0)
 DATA_AT = const(64)
 REC_LEN = const(24)
-REC_BODY = const(22)  # bytes covered by the CRC
-CAP_MAX = const(65535)
-VERSION = const(2)
+_REC_BODY = const(22)  # bytes covered by the CRC
+_CAP_MAX = const(65535)
+_VERSION = const(2)
 _META = ">2sBBIHIIHI"  # magic, version, 0, gen, boot, acked, rx_last, capacity, journal id
 _META_V1 = ">2sBBIHIIH"  # version 1: no journal id
 _META_BODY = const(24)
@@ -91,7 +91,7 @@ def file_size(capacity):
 def capacity_for(nbytes):
     """How many records fit in a file of ``nbytes``."""
     n = (nbytes - DATA_AT) // REC_LEN
-    return n if n < CAP_MAX else CAP_MAX
+    return n if n < _CAP_MAX else _CAP_MAX
 
 
 def open_file(path):
@@ -128,8 +128,8 @@ class Journal:
     def __init__(self, f, capacity=2000, sync=None, new_id=None):
         """``f``: a binary file opened for reading and writing (r+b / w+b).
         ``new_id``: returns a random u32 for a newly formatted journal."""
-        if not 1 <= capacity <= CAP_MAX:
-            raise JournalError("capacity is 1..%d" % CAP_MAX)
+        if not 1 <= capacity <= _CAP_MAX:
+            raise JournalError("capacity is 1..%d" % _CAP_MAX)
         self.f = f
         self.capacity = capacity
         self._sync = sync if sync is not None else _sync_default()
@@ -137,7 +137,7 @@ class Journal:
         self.id = 0  # journal id (0: formatted before journal identity)
         self._buf = bytearray(REC_LEN)
         self._mv = memoryview(self._buf)
-        self._body = self._mv[:REC_BODY]
+        self._body = self._mv[:_REC_BODY]
         self._meta = bytearray(META_LEN)
         self._mmv = memoryview(self._meta)
         self.gen = 0
@@ -175,12 +175,12 @@ class Journal:
 
     def _meta_valid(self, slot):
         mv = self._mmv
-        if self._read_at(META_AT + slot * META_LEN, mv) != META_LEN:
+        if self._read_at(_META_AT + slot * META_LEN, mv) != META_LEN:
             return None
         m = self._meta
         if m[0:2] != b"HJ":
             return None
-        if m[2] == VERSION:
+        if m[2] == _VERSION:
             c = crc16(mv[:_META_BODY])
             if c != (m[_META_BODY] << 8 | m[_META_BODY + 1]):
                 return None
@@ -286,7 +286,7 @@ class Journal:
             m,
             0,
             b"HJ",
-            VERSION,
+            _VERSION,
             0,
             self.gen,
             self.boot,
@@ -299,7 +299,7 @@ class Journal:
         m[_META_BODY] = c >> 8
         m[_META_BODY + 1] = c & 0xFF
         slot = 1 - self._meta_slot
-        self.f.seek(META_AT + slot * META_LEN)
+        self.f.seek(_META_AT + slot * META_LEN)
         self.f.write(m)
         self._commit()
         self._meta_slot = slot

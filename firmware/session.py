@@ -17,10 +17,10 @@ Rules:
     journal id than ours frees nothing (an old ACK of a journal this flash no
     longer holds).
  2. Records are sent oldest first, up to 11 per RATINGS frame (one alone goes
-    as RATING), with at most WINDOW frames outstanding; an ACK (cumulative)
+    as RATING), with at most _WINDOW frames outstanding; an ACK (cumulative)
     frees journal slots (persisted with the down counter) and opens the
     window.  No ACK progress for ack_timeout_ms while frames are outstanding:
-    resend from the oldest unacknowledged record; after MAX_TIMEOUTS such
+    resend from the oldest unacknowledged record; after _MAX_TIMEOUTS such
     time-outs in a row, HELLO again.
  3. TIME sets the UTC offset; ratings before any TIME carry only uptime and
     boot (F_TIME_SYNCED clear).
@@ -49,41 +49,42 @@ from haochaping.protocol import messages as _m
 from haochaping.protocol.errors import CounterExhausted, ProtocolError
 
 L_DOWN = const(0)
-L_HELLO = const(1)
+_L_HELLO = const(1)
 L_UP = const(2)
 LINK_STATE_NAMES = ("DOWN", "HELLO", "UP")
 
 # events
-LE_CONNECT = const(0)
-LE_DISCONNECT = const(1)
+_LE_CONNECT = const(0)
+_LE_DISCONNECT = const(1)
 LE_ACK = const(2)
-LE_TIMEOUT = const(3)
-LE_HELLO_REQUIRED = const(4)
+_LE_TIMEOUT = const(3)
+_LE_HELLO_REQUIRED = const(4)
 LINK_EVENT_NAMES = ("CONNECT", "DISCONNECT", "ACK", "TIMEOUT", "HELLO_REQUIRED")
 
 # (state, event, next state)
 LINK_TABLE = (
-    (L_DOWN, LE_CONNECT, L_HELLO),
-    (L_DOWN, LE_DISCONNECT, L_DOWN),
-    (L_HELLO, LE_CONNECT, L_HELLO),
-    (L_HELLO, LE_DISCONNECT, L_DOWN),
-    (L_HELLO, LE_ACK, L_UP),
-    (L_HELLO, LE_TIMEOUT, L_HELLO),
-    (L_HELLO, LE_HELLO_REQUIRED, L_HELLO),
-    (L_UP, LE_CONNECT, L_HELLO),
-    (L_UP, LE_DISCONNECT, L_DOWN),
+    (L_DOWN, _LE_CONNECT, _L_HELLO),
+    (L_DOWN, _LE_DISCONNECT, L_DOWN),
+    (_L_HELLO, _LE_CONNECT, _L_HELLO),
+    (_L_HELLO, _LE_DISCONNECT, L_DOWN),
+    (_L_HELLO, LE_ACK, L_UP),
+    (_L_HELLO, _LE_TIMEOUT, _L_HELLO),
+    (_L_HELLO, _LE_HELLO_REQUIRED, _L_HELLO),
+    (L_UP, _LE_CONNECT, _L_HELLO),
+    (L_UP, _LE_DISCONNECT, L_DOWN),
     (L_UP, LE_ACK, L_UP),
-    (L_UP, LE_TIMEOUT, L_UP),
-    (L_UP, LE_HELLO_REQUIRED, L_HELLO),
+    (L_UP, _LE_TIMEOUT, L_UP),
+    (L_UP, _LE_HELLO_REQUIRED, _L_HELLO),
 )
 _LT = [None] * (3 * 8)  # index state * 8 + event -> next state
-for _r in LINK_TABLE:
-    _LT[_r[0] * 8 + _r[1]] = _r[2]
+for x in LINK_TABLE:  # x: a name the modules intern anyway
+    _LT[x[0] * 8 + x[1]] = x[2]
+del x
 
-WINDOW = const(4)  # RATINGS frames outstanding
-ACK_TIMEOUT_MS = const(3000)
-MAX_TIMEOUTS = const(3)
-STATUS_MS = const(60000)
+_WINDOW = const(4)  # RATINGS frames outstanding
+_ACK_TIMEOUT_MS = const(3000)
+_MAX_TIMEOUTS = const(3)
+_STATUS_MS = const(60000)
 
 FW = (0, 2, 0)  # 0.2: the self-test (TEST / ECHO, HELLO flag bit 2)
 
@@ -133,15 +134,15 @@ class Clock:
 
 
 class Session:
-    def __init__(self, link, journal, board_name="sim", reset_cause=0, status_ms=STATUS_MS):
+    def __init__(self, link, journal, board_name="sim", reset_cause=0, status_ms=_STATUS_MS):
         self.link = link
         self.journal = journal
         self.board_name = board_name
         self.reset_cause = reset_cause
         self.clock = Clock()
         self.state = L_DOWN
-        self.ack_timeout_ms = ACK_TIMEOUT_MS
-        self.window = WINDOW
+        self.ack_timeout_ms = _ACK_TIMEOUT_MS
+        self.window = _WINDOW
         self.status_ms = status_ms
         self.sent_upto = 0  # highest seq sent since the last (re)start of the drain
         self.inflight = []  # last seq of each outstanding frame, oldest first
@@ -213,13 +214,13 @@ class Session:
 
     def connected(self, now):
         """The transport (re)connected: say HELLO."""
-        self._go(LE_CONNECT)
+        self._go(_LE_CONNECT)
         self.timeouts = 0
         self._hello(now)
         return self._take()
 
     def disconnected(self, now):
-        self._go(LE_DISCONNECT)
+        self._go(_LE_DISCONNECT)
         self.inflight = []
         return self._take()
 
@@ -247,7 +248,7 @@ class Session:
         elif t == _m.ErrorDown.TYPE:
             self.last_error = msg.code & 0xFF
             if msg.code == _m.E_HELLO_REQUIRED and self.state != L_DOWN:
-                self._go(LE_HELLO_REQUIRED)
+                self._go(_LE_HELLO_REQUIRED)
                 self._hello(now)
             elif msg.code == _m.E_REPLAY:
                 self._catch_up(msg.ref, now)
@@ -266,7 +267,7 @@ class Session:
         self.epoch_jumps += 1
         self.raised_boot = self.journal.boot
         if self.state != L_DOWN:
-            self._go(LE_HELLO_REQUIRED)
+            self._go(_LE_HELLO_REQUIRED)
             self._hello(now)
 
     def restart_epoch(self, now, uptime_ms):
@@ -276,7 +277,7 @@ class Session:
         if self.clock.synced:
             self.clock.set(self.clock.offset_ms + uptime_ms, 0)
         if self.state != L_DOWN:
-            self._go(LE_HELLO_REQUIRED)
+            self._go(_LE_HELLO_REQUIRED)
             self._hello(now)
         return self._take()
 
@@ -297,20 +298,20 @@ class Session:
 
     def poll(self, now):
         """Frames due now: HELLO resends, records to drain, STATUS."""
-        if self.state == L_HELLO:
+        if self.state == _L_HELLO:
             if ticks_diff(now, self.hello_at) >= self.ack_timeout_ms:
-                self._go(LE_TIMEOUT)
+                self._go(_LE_TIMEOUT)
                 self._hello(now)
         elif self.state == L_UP:
             j = self.journal
             if self.inflight and ticks_diff(now, self.progress_at) >= self.ack_timeout_ms:
-                self._go(LE_TIMEOUT)
+                self._go(_LE_TIMEOUT)
                 self.timeouts += 1
                 self.resends += 1
                 self.inflight = []
                 self.sent_upto = j.acked
-                if self.timeouts >= MAX_TIMEOUTS:
-                    self.state = L_HELLO
+                if self.timeouts >= _MAX_TIMEOUTS:
+                    self.state = _L_HELLO
                     self._hello(now)
                     return self._take()
             while len(self.inflight) < self.window and self.sent_upto < j.head - 1:

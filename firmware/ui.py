@@ -67,6 +67,12 @@ except ImportError:  # CPython (simulator, tests)
         return x
 
 
+# A constant with a leading underscore is folded in by the compiler: the
+# board keeps neither a module global nor an interned name for it (each
+# interned name costs RAM; boards.md, "Measured budgets").  Constants no
+# other module reads are named so, except the state and event names the
+# table is written in; buttons, journal, session and board_sim do the same.
+
 # States
 S_IDLE = const(0)
 S_ARMED = const(1)
@@ -93,7 +99,7 @@ A_SHOW = const(1)  # arg = pattern
 A_WRITE = const(2)  # the rating is in rec_level/rec_reason/rec_flags/rec_session
 A_ERROR = const(3)  # arg = error code, err_ref = session
 A_ECHO = const(4)  # arg = op << 4 | arg of the ECHO to send (messages.T_*)
-MAX_ACTIONS = const(8)
+_MAX_ACTIONS = const(8)
 
 # Feedback patterns (board adapters render them on LEDs and the buzzer)
 P_IDLE = const(0)  # all LEDs off
@@ -113,21 +119,21 @@ PATTERN_NAMES = (
 
 # Fault bits
 FAULT_JOURNAL_FULL = const(1)
-FAULT_CONFIG = const(2)
+_FAULT_CONFIG = const(2)
 FAULT_LINK = const(4)
 
 # No-case policy (CONFIG C_NO_CASE_POLICY)
 REFUSE = const(0)
 RECORD = const(1)
 
-BUTTONS = const(5)
+_BUTTONS = const(5)
 
 # Flags (messages.F_*; repeated here so the press path imports nothing big)
-F_REASON_TIMEOUT = const(0x02)
-F_NO_CASE = const(0x04)
-F_RAPID = const(0x08)
+_F_REASON_TIMEOUT = const(0x02)
+_F_NO_CASE = const(0x04)
+_F_RAPID = const(0x08)
 
-E_NOT_ARMED = const(35)  # messages.E_NOT_ARMED
+_E_NOT_ARMED = const(35)  # messages.E_NOT_ARMED
 E_JOURNAL_FULL = const(36)  # messages.E_JOURNAL_FULL
 E_SELF_TEST = const(37)  # messages.E_SELF_TEST
 
@@ -193,13 +199,13 @@ class Evaluator:
         self.err_ref = 0
         self.arm_ms = 0
         self.pressed = 0  # button of the last rating (for the THANKS LED)
-        self.actions = [0] * MAX_ACTIONS
+        self.actions = [0] * _MAX_ACTIONS
         self.nact = 0
 
     # ------------------------------------------------------------- inputs
 
     def press(self, button, now):
-        if not 0 <= button < BUTTONS:
+        if not 0 <= button < _BUTTONS:
             raise ValueError("button is 0..4")
         return self._fire(E_PRESS, button, now)
 
@@ -265,8 +271,8 @@ class Evaluator:
         return self.nact
 
     def _emit(self, action):
-        if self.nact >= MAX_ACTIONS:
-            raise TransitionError("more than %d actions for one event" % MAX_ACTIONS)
+        if self.nact >= _MAX_ACTIONS:
+            raise TransitionError("more than %d actions for one event" % _MAX_ACTIONS)
         self.actions[self.nact] = action
         self.nact += 1
 
@@ -312,7 +318,7 @@ class Evaluator:
     def _rate(self, button, flags, now):
         self.has_rated = True
         self.last_rated = now
-        level = BUTTONS - button
+        level = _BUTTONS - button
         self.pressed = button
         if level <= 2:
             self.level = level
@@ -361,9 +367,9 @@ def _idle_press(m, button, now):
         m.ignored += 1
         m._show(P_REFUSED)
         return S_IDLE
-    flags = F_NO_CASE
+    flags = _F_NO_CASE
     if m.has_rated and ticks_diff(now, m.last_rated) < s.min_interval_ms:
-        flags |= F_RAPID
+        flags |= _F_RAPID
     m.session = 0
     return m._rate(button, flags, now)
 
@@ -426,7 +432,7 @@ def _reason_press(m, button, now):
 
 
 def _reason_timeout(m, arg, now):
-    return m._write(m.level, 0, m.flags | F_REASON_TIMEOUT, now)
+    return m._write(m.level, 0, m.flags | _F_REASON_TIMEOUT, now)
 
 
 def _defer_arm(m, session, now):
@@ -515,14 +521,15 @@ def _test_arm(m, session, now):
     return S_TEST
 
 
-_I = 1 << S_IDLE
-_A = 1 << S_ARMED
-_R = 1 << S_REASON
-_T = 1 << S_THANKS
-_F = 1 << S_FAULT
-_X = 1 << S_TECH
-_Z = 1 << S_TEST
-_B = _I | _A | _F  # where TECH and TEST return (Evaluator._base)
+# State masks for the table's last column.
+_I = const(1 << S_IDLE)
+_A = const(1 << S_ARMED)
+_R = const(1 << S_REASON)
+_T = const(1 << S_THANKS)
+_F = const(1 << S_FAULT)
+_X = const(1 << S_TECH)
+_Z = const(1 << S_TEST)
+_B = const(_I | _A | _F)  # where TECH and TEST return (Evaluator._base)
 
 # THE transition table, one row a line: state, event, handler, the states it
 # may lead to.  One flat tuple rather than a tuple of row tuples: a row tuple
@@ -590,5 +597,6 @@ TABLE = (
 # fmt: on
 
 _TABLE = [None] * (7 * 8)  # index state * 8 + event -> where its row starts in TABLE
-for _i in range(0, len(TABLE), 4):
-    _TABLE[TABLE[_i] * 8 + TABLE[_i + 1]] = _i
+for i in range(0, len(TABLE), 4):  # i: a name the modules intern anyway
+    _TABLE[TABLE[i] * 8 + TABLE[i + 1]] = i
+del i

@@ -377,3 +377,18 @@ def test_a_whole_hall_from_a_csv_file_and_again(tmp_path: Path) -> None:
         assert reloads.read_text().count("reload") == 2
     finally:
         h.close()
+
+
+def test_a_board_that_cannot_be_written_leaves_the_window_unprovisioned(hall: Hall) -> None:
+    """The config goes to the board before the terminal is registered: a
+    board that is not there fails the row, and the window stays free, so the
+    same command again does all of it (never 'exists' for a board with no config)."""
+    r = CliRunner().invoke(main, ["terminal", "provision", "--window", "W09", "--port", str(hall.tmp / "no-such-tty"),
+                                  "--no-deploy", "--no-selftest", "--no-label", "--labels", str(hall.tmp / "labels")],
+                           env=hall.env)  # fmt: skip
+    assert r.exit_code != 0 and "写入终端失败" in r.output, r.output
+    listing = json.loads(hall.hcp("terminal", "list", "--all", "--json"))
+    assert all(t["window_no"] != "W09" for t in listing)
+    out = hall.hcp("terminal", "provision", "--window", "W09", "--out", str(hall.tmp / "cfg"), "--no-label",
+                   "--labels", str(hall.tmp / "labels"), "--wait", "10")  # fmt: skip
+    assert "已登记" in out

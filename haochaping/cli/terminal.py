@@ -265,6 +265,11 @@ def _deliver_config(board_cfg: dict[str, Any], p: Plan, out: Path | None, bundle
     return p.port, done
 
 
+def _safe(window: str) -> str:
+    """The window as a file name part (a window number may hold any text)."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in window) or "_"
+
+
 def _label(tid: int, window: str, labels: Path | None, show: bool) -> str | None:
     """A label: terminal id and window, and a QR code of both (PNG, and in the terminal)."""
     import segno
@@ -274,7 +279,7 @@ def _label(tid: int, window: str, labels: Path | None, show: bool) -> str | None
     path = None
     if labels is not None:
         labels.mkdir(parents=True, exist_ok=True)
-        path = labels / f"{window}-{tid:08x}.png"
+        path = labels / f"{_safe(window)}-{tid:08x}.png"
         qr.save(str(path), scale=8, border=4)
     if show:
         click.echo(f"┌ 终端 {tid:08x}   窗口 {window}")
@@ -332,13 +337,21 @@ def provision_one(c: Ctx, p: Plan, *, out_dir: Path, labels: Path | None, show_l
     mqtt_password = secrets.token_urlsafe(24) if p.transport == "mqtt" else None
     board_cfg = _board_cfg(p, tid, key, c.cfg, mqtt_password)
     t0 = now_ms()
-    try:
-        store.add_terminal(tid, key, p.window, t0, transport=p.transport)
-    except StoreError as e:
-        return Outcome(p.window, f"{tid:08x}", "failed", str(e))
-    _broker(c, tid, mqtt_password)
-    out = out_dir / f"terminal-{p.window}-{tid:08x}.json"
+    # The board's config and its broker login first, the registration last:
+    # whatever fails before it leaves the window unprovisioned, so running
+    # the same command again does the whole of it (never "exists" with a
+    # board that has no config).
+    out = out_dir / f"terminal-{_safe(p.window)}-{tid:08x}.json"
     where, done = _deliver_config(board_cfg, p, out if p.port is None else None, bundle, deploy)
+    try:
+        _broker(c, tid, mqtt_password)
+        store.add_terminal(tid, key, p.window, t0, transport=p.transport)
+    except (StoreError, click.ClickException) as e:
+        if p.port is None:
+            out.unlink(missing_ok=True)  # a key for nothing
+        if mqtt_password is not None and isinstance(e, StoreError):
+            _broker(c, tid, None, remove=True)
+        return Outcome(p.window, f"{tid:08x}", "failed", e.message if isinstance(e, click.ClickException) else str(e))
     applied = _wait_applied(store, wait)
     res = Outcome(p.window, f"{tid:08x}", "created", done, where)
     if not applied:
@@ -618,25 +631,34 @@ def replace(ctx: click.Context, old_id: str, new_tid: str | None, transport: str
     new = _parse_id(new_tid) if new_tid else _new_id(store)
     key = secrets.token_bytes(32)
     mqtt_password = secrets.token_urlsafe(24) if transport == "mqtt" else None
-    row = store.conn.execute("SELECT window_no FROM terminals WHERE id = ?", (old,)).fetchone()
+    row = store.conn.execute("SELECT window_no, transport FROM terminals WHERE id = ?", (old,)).fetchone()
     if row is None:
         raise click.ClickException(f"没有终端 {old:08x} (no such terminal)")
-    window = row[0] or "-"
+    if row[0] is None:
+        raise click.ClickException(f"终端 {old:08x} 没有窗口 (terminal {old:08x} serves no window: nothing to replace)")
+    window = row[0]
+    if ctx.get_parameter_source("transport") == click.core.ParameterSource.DEFAULT and row[1]:
+        transport = row[1]  # the new board links as the old one did, unless told otherwise
+        mqtt_password = secrets.token_urlsafe(24) if transport == "mqtt" else None
     p = Plan(window, transport, board, port, wifi_ssid, wifi_pass_file, broker, new)
     board_cfg = _board_cfg(p, new, key, c.cfg, mqtt_password)
     t0 = now_ms()
+    # config and broker login first, the store last (as provision does)
+    out = out_dir / f"terminal-{_safe(window)}-{new:08x}.json"
+    where, done = _deliver_config(board_cfg, p, out if port is None else None, bundle, not no_deploy)
+    _broker(c, new, mqtt_password)
     try:
-        window = store.replace_terminal(old, new, key, t0, transport) or "-"
+        store.replace_terminal(old, new, key, t0, transport)
         if retire_old:
             store.retire_terminal(old, t0)
     except StoreError as e:
+        if port is None:
+            out.unlink(missing_ok=True)
+        if mqtt_password is not None:
+            _broker(c, new, None, remove=True)
         raise click.ClickException(str(e)) from None
-    _broker(c, new, mqtt_password)
     if retire_old:
         _broker(c, old, None, remove=True)
-    p.window = window
-    where, done = _deliver_config(board_cfg, p, out_dir / f"terminal-{window}-{new:08x}.json" if port is None else None,
-                                  bundle, not no_deploy)  # fmt: skip
     _say(f"窗口 {window}：终端 {old:08x} → {new:08x}", f"window {window} moves from terminal {old:08x} to {new:08x}")
     click.echo(f"  {done}: {where}")
     if retire_old:
@@ -750,7 +772,7 @@ def rekey(ctx: click.Context, terminal_id: str, port: str | None, out_dir: Path,
     # the board's new config first, then its new broker login: the reload
     # disconnects the old login (an MQTT board whose config is a file is
     # offline until the file is on it; its journal keeps every rating)
-    where, done = _deliver_config(board_cfg, p, out_dir / f"terminal-{p.window}-{tid:08x}.json" if port is None else None,
+    where, done = _deliver_config(board_cfg, p, out_dir / f"terminal-{_safe(p.window)}-{tid:08x}.json" if port is None else None,
                                   Path("build/bundle"), False)  # fmt: skip
     _broker(c, tid, mqtt_password)
     _say(f"终端 {tid:08x} 已换新密钥（指纹 {_fingerprint(key)}）；旧密钥在终端改用新密钥前仍被接受",

@@ -351,8 +351,18 @@ def test_ciphertexts_with_sm_crypto(
     got = [r for op, r in zip(ops, results, strict=True) if op["op"] == "decrypt"]
     assert [None if g is None else bytes.fromhex(g) for g in got] == wanted
     theirs = [r for op, r in zip(ops, results, strict=True) if op["op"] == "encrypt"]
+    zero_stream = 0
     for (key, pt, o), ct in zip(back, theirs, strict=True):
-        assert gm.decrypt(key, _our_form(ct, o), o) == pt
+        try:
+            assert gm.decrypt(key, _our_form(ct, o), o) == pt
+        except gm.GmDecryptError as e:
+            # sm-crypto skips GB/T 32918.4 step A5 (an all-zero key stream: pick
+            # another k), so a 1-byte message comes out unreadable 1 time in 256;
+            # the standard has the receiver refuse it, as we do, saying why
+            if "all zeros" not in str(e) or len(pt) > 2:
+                raise
+            zero_stream += 1
+            continue
         if len(pt) <= 1000:
             flipped = gm.GmOptions(
                 cipher_order="C1C2C3" if o.cipher_order == "C1C3C2" else "C1C3C2",
@@ -361,6 +371,7 @@ def test_ciphertexts_with_sm_crypto(
             )
             with pytest.raises(gm.GmDecryptError):
                 gm.decrypt(key, _our_form(ct, o), flipped)
+    assert zero_stream < len(back) // 4, zero_stream
 
 
 def test_sm3_and_sm4_with_sm_crypto(smcrypto: SmCrypto) -> None:

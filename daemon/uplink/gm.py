@@ -570,6 +570,16 @@ def decrypt(
         raise GmDecryptError(
             "the ciphertext fails its SM3 check (C3): wrong key, options or data"
         ) from None
+    except gmalg_errors.UnknownError as e:
+        if "key stream" in str(e):
+            # GB/T 32918.4 A5/B4: a key stream of zeros means the sender had to
+            # pick another k; some encoders (sm-crypto) do not (1 in 256 for a
+            # 1-byte message), and the standard makes the receiver refuse it
+            raise GmDecryptError(
+                "the ciphertext's key stream is all zeros (GB/T 32918.4 A5: the sender must pick"
+                " another k and encrypt again)"
+            ) from None
+        raise GmDecryptError(f"the ciphertext cannot be decrypted ({type(e).__name__})") from None
     except gmalg_errors.GMError as e:
         raise GmDecryptError(f"the ciphertext cannot be decrypted ({type(e).__name__})") from None
 

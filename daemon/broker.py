@@ -75,7 +75,6 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from haochaping.daemon.keys import _fsync_dir
 from haochaping.protocol import mqtt as topics
 
 DEFAULT_DAEMON_USER = "hcp-daemon"
@@ -368,6 +367,14 @@ def _collapse(lines: list[str]) -> list[str]:
     while out and not out[-1].strip():
         out.pop()
     return out
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_atomic(path: Path, text: str, gid: int | None) -> None:

@@ -91,14 +91,6 @@ def _parse_id(text: str) -> int:
     return v
 
 
-def _row(store: Any, tid: int, cols: str) -> tuple[Any, ...]:
-    """The terminal's row (``cols`` of it), or a ClickException saying there is none."""
-    row = store.conn.execute(f"SELECT {cols} FROM terminals WHERE id = ?", (tid,)).fetchone()
-    if row is None:
-        raise click.ClickException(f"没有终端 {tid:08x} (no such terminal)")
-    return tuple(row)
-
-
 def _new_id(store: Any) -> int:
     while True:
         tid = secrets.randbits(32)
@@ -574,7 +566,8 @@ def show(ctx: click.Context, terminal_id: str, as_json: bool) -> None:
     if row is None:
         raise click.ClickException(f"没有终端 {tid:08x} (no such terminal)")
     st = c.store
-    r = _row(st, tid, "key, prev_key, transport, created_ms, rekeyed_ms")
+    r = st.conn.execute("SELECT key, prev_key, transport, created_ms, rekeyed_ms FROM terminals WHERE id = ?",
+                        (tid,)).fetchone()  # fmt: skip
     detail = dict(row)
     detail.update(
         transport=r[2], created_ms=r[3], rekeyed_ms=r[4], key_fingerprint=_fingerprint(bytes(r[0])),
@@ -638,7 +631,9 @@ def replace(ctx: click.Context, old_id: str, new_tid: str | None, transport: str
     new = _parse_id(new_tid) if new_tid else _new_id(store)
     key = secrets.token_bytes(32)
     mqtt_password = secrets.token_urlsafe(24) if transport == "mqtt" else None
-    row = _row(store, old, "window_no, transport")
+    row = store.conn.execute("SELECT window_no, transport FROM terminals WHERE id = ?", (old,)).fetchone()
+    if row is None:
+        raise click.ClickException(f"没有终端 {old:08x} (no such terminal)")
     if row[0] is None:
         raise click.ClickException(f"终端 {old:08x} 没有窗口 (terminal {old:08x} serves no window: nothing to replace)")
     window = row[0]
@@ -717,7 +712,9 @@ def retire(ctx: click.Context, terminal_id: str, force: bool, wait: float) -> No
     c = _ctx(ctx)
     store = c.open()
     tid = _parse_id(terminal_id)
-    row = _row(store, tid, "journal_used, transport")
+    row = store.conn.execute("SELECT journal_used, transport FROM terminals WHERE id = ?", (tid,)).fetchone()
+    if row is None:
+        raise click.ClickException(f"没有终端 {tid:08x} (no such terminal)")
     transport = row[1]
     if row[0] and not force:
         raise click.ClickException(
@@ -759,7 +756,9 @@ def rekey(ctx: click.Context, terminal_id: str, port: str | None, out_dir: Path,
     c = _ctx(ctx)
     store = c.open()
     tid = _parse_id(terminal_id)
-    row = _row(store, tid, "window_no, transport, board")
+    row = store.conn.execute("SELECT window_no, transport, board FROM terminals WHERE id = ?", (tid,)).fetchone()
+    if row is None:
+        raise click.ClickException(f"没有终端 {tid:08x} (no such terminal)")
     transport = row[1] or "serial"
     b = board or (row[2] if row[2] in ("esp32s3", "esp32c3", "rp2") else "esp32s3")
     key = secrets.token_bytes(32)
